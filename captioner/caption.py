@@ -1,0 +1,54 @@
+"""`captioner caption`: captions for your own photos, from a run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from captioner.config import DecodeConfig
+
+
+@dataclass
+class CaptionResult:
+    path: Path
+    caption: str | None  # None when the photo could not be read
+    error: str | None = None
+
+
+def caption_images(
+    run_dir: str | Path,
+    image_paths: list[str | Path],
+    decode: DecodeConfig | None = None,
+    batch_size: int = 16,
+) -> list[CaptionResult]:
+    """Captions each photo (folders are expanded to the images in them).
+
+    Args:
+        run_dir: a directory written by `captioner train`; its encoder is rebuilt from it.
+        image_paths: files or folders.
+        decode: decoding settings; the run's own when None.
+    Returns:
+        One CaptionResult per image, in order; unreadable images carry an error instead.
+    """
+    from captioner.decode import make_decoder
+    from captioner.encoders import build_encoder
+    from captioner.features import batches_of_images, make_encode_function
+    from captioner.images import find_images
+    from captioner.model import DecoderSteps
+    from captioner.rundir import load_run
+
+    run = load_run(run_dir)
+    decode = decode or run.config.decode
+    paths = find_images(list(image_paths))
+    results = [CaptionResult(path, None) for path in paths]
+    encoder = run.encoder
+    encode = make_encode_function(build_encoder(encoder.name, encoder.weights), batch_size)
+    decoder = make_decoder(DecoderSteps(run.load_model()), len(run.vocabulary), decode)
+    for indices, images, errors in batches_of_images(paths, encoder.input_size, batch_size):
+        for i, why in errors.items():
+            results[i].error = why
+        if len(indices):
+            ids = decoder(encode(images))
+            for i, row in zip(indices, ids):
+                results[i].caption = " ".join(run.vocabulary.decode(row))
+    return results

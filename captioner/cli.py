@@ -1,0 +1,295 @@
+"""The `captioner` command: parses options, calls one library function per command, prints.
+
+TensorFlow is imported only inside the commands that need it, so `captioner --help` is instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from captioner.errors import CaptionerError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# TensorFlow's C++ start-up chatter (oneDNN, CPU features) is not for users of a CLI.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+class CaptionerGroup(click.Group):
+    """Turns library errors into one line and exit 1 (CAPTIONER_DEBUG=1 keeps the traceback)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CaptionerError as error:
+            if os.environ.get("CAPTIONER_DEBUG"):
+                raise
+            raise click.ClickException(str(error)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished work was saved", err=True)
+            sys.exit(130)
+
+
+def config_options(command):
+    command = click.option(
+        "--set",
+        "assignments",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
+        help="Override one setting, e.g. --set model.units=512 (repeatable).",
+    )(command)
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        help="TOML file of settings that differ from the defaults (see configs/).",
+    )(command)
+
+
+def decode_options(command):
+    options = [
+        click.option("--beam", type=click.IntRange(1, 50), help="Beam width; 1 is greedy search."),
+        click.option("--max-length", type=click.IntRange(1, 200), help="Most words per caption."),
+        click.option(
+            "--length-penalty",
+            type=float,
+            help="Beam ranking: log P / length**ALPHA; 0 favours short captions.",
+        ),
+        click.option(
+            "--no-repeat-ngram",
+            type=click.IntRange(0, 10),
+            help="Forbid repeating any n-gram of this size (beam search); 0 = off.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _load(config_path, assignments, **sections):
+    """The config from defaults, file and --set, then the explicit CLI options on top."""
+    from captioner.config import load_config, merge
+
+    config = load_config(config_path, tuple(assignments))
+    given = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in sections.items()}
+    return merge(config, {s: kv for s, kv in given.items() if kv}, "command line")
+
+
+def _decode_config(run_dir, beam, max_length, length_penalty, no_repeat_ngram):
+    """The run's decoding settings with the command line's on top."""
+    from captioner.config import merge
+    from captioner.rundir import load_run
+
+    given = {
+        "beam_size": beam,
+        "max_length": max_length,
+        "length_penalty": length_penalty,
+        "no_repeat_ngram": no_repeat_ngram,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    return merge(load_run(run_dir).config, {"decode": given}, "command line").decode
+
+
+@click.group(cls=CaptionerGroup, context_settings=CONTEXT)
+@click.version_option(package_name="captioner")
+def cli():
+    """Image captioning: a CNN encoder, an LSTM decoder, four commands.
+
+    \b
+      captioner extract --data ../flickr8k --encoder efficientnet_lite0
+      captioner train --data ../flickr8k --encoder efficientnet_lite0 --epochs 20
+      captioner caption --run runs/flickr8k-efficientnet_lite0 photo.jpg
+      captioner evaluate --run runs/flickr8k-efficientnet_lite0 --beam 3
+    """
+
+
+def _default_run_dir(data: str, encoder: str) -> Path:
+    return Path("runs") / f"{Path(data).resolve().name}-{encoder}"
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--data", required=True, type=click.Path(), help="Dataset folder (either layout).")
+@click.option("--encoder", help="Encoder name (default inception_v3); see `captioner encoders`.")
+@click.option("--weights", help='"imagenet" (default), "none" (random) or a weights file.')
+@click.option(
+    "--features",
+    type=click.Path(dir_okay=False),
+    help="Cache file to create or extend [default: data/<dataset>-<encoder>.pkl].",
+)
+@click.option("--batch-size", type=click.IntRange(1), help="Images per forward pass.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@config_options
+def extract(data, encoder, weights, features, batch_size, progress, config_path, assignments):
+    """Encode every captioned photo of a dataset once and cache the feature vectors.
+
+    Re-running adds only the photos the cache lacks; unreadable photos are listed and skipped.
+
+    \b
+      captioner extract --data ../flickr8k --encoder efficientnet_lite0
+    """
+    from captioner.features import default_cache_path, extract_features
+
+    config = _load(
+        config_path,
+        assignments,
+        encoder={"name": encoder, "weights": weights, "batch_size": batch_size},
+    )
+    cache = features or default_cache_path(data, config.encoder.name)
+    summary = extract_features(
+        data,
+        cache,
+        config.encoder.name,
+        config.encoder.weights,
+        config.encoder.batch_size,
+        progress,
+    )
+    click.echo(
+        f"encoded {summary.encoded} images ({summary.already_cached} already cached) "
+        f"in {summary.seconds:.1f} s -> {summary.cache_path}"
+    )
+    for name, why in sorted(summary.failed.items()):
+        click.echo(f"skipped {name}: {why}", err=True)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--data", required=True, type=click.Path(), help="Dataset folder (either layout).")
+@click.option("--encoder", help="Which encoder's features to train on (default inception_v3).")
+@click.option(
+    "--features",
+    type=click.Path(dir_okay=False),
+    help="Feature cache [default: data/<dataset>-<encoder>.pkl].",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    help="Where the model goes [default: runs/<dataset>-<encoder>].",
+)
+@click.option(
+    "--epochs", type=click.IntRange(1), help="Most epochs (early stopping may end sooner)."
+)
+@click.option("--batch-size", type=click.IntRange(1), help="Captions per batch.")
+@click.option("--learning-rate", type=float, help="Adam's initial learning rate.")
+@click.option("--seed", type=int, help="Random seed (weights, shuffling, dropout).")
+@click.option("--progress/--no-progress", default=True, help="Show Keras' progress bar.")
+@config_options
+def train(
+    data,
+    encoder,
+    features,
+    run_dir,
+    epochs,
+    batch_size,
+    learning_rate,
+    seed,
+    progress,
+    config_path,
+    assignments,
+):
+    """Train the LSTM decoder on the train split, validating on dev each epoch.
+
+    \b
+      captioner train --data ../flickr8k --encoder efficientnet_lite0 --epochs 20
+    """
+    from captioner.features import default_cache_path
+    from captioner.train import train as train_decoder
+
+    config = _load(
+        config_path,
+        assignments,
+        encoder={"name": encoder},
+        train={
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "seed": seed,
+        },
+    )
+    features = features or default_cache_path(data, config.encoder.name)
+    run_dir = run_dir or _default_run_dir(data, config.encoder.name)
+    s = train_decoder(data, features, run_dir, config, progress)
+    click.echo(
+        f"trained {s.epochs_run} epochs in {s.seconds:.0f} s on {s.train_captions} "
+        f"captions (vocabulary {s.vocabulary_size}); best epoch {s.best_epoch}, "
+        f"val_loss {s.best_val_loss:.4f} -> {s.run_dir}"
+    )
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--run", "run_dir", required=True, type=click.Path(), help="Run directory.")
+@decode_options
+def caption(images, run_dir, beam, max_length, length_penalty, no_repeat_ngram):
+    """Caption photos (files, or folders of them), greedy unless --beam is given.
+
+    \b
+      captioner caption --run runs/flickr8k-efficientnet_lite0 photo.jpg
+      captioner caption --run runs/flickr8k-efficientnet_lite0 --beam 3 holiday/
+    """
+    from captioner.caption import caption_images
+
+    decode = _decode_config(run_dir, beam, max_length, length_penalty, no_repeat_ngram)
+    failures = 0
+    for result in caption_images(run_dir, list(images), decode):
+        if result.caption is None:
+            failures += 1
+            click.echo(f"{result.path}: cannot read this image ({result.error})", err=True)
+        else:
+            click.echo(f"{result.path}\t{result.caption}")
+    if failures:
+        sys.exit(1)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--run", "run_dir", required=True, type=click.Path(), help="Run directory.")
+@click.option(
+    "--split",
+    type=click.Choice(["train", "dev", "test"]),
+    default="test",
+    show_default=True,
+    help="Which split to score.",
+)
+@click.option("--data", type=click.Path(), help="Dataset folder [default: the run's].")
+@click.option(
+    "--features", type=click.Path(dir_okay=False), help="Feature cache [default: the run's]."
+)
+@decode_options
+def evaluate(run_dir, split, data, features, beam, max_length, length_penalty, no_repeat_ngram):
+    """Caption every image of a split and print corpus BLEU-1..4.
+
+    \b
+      captioner evaluate --run runs/flickr8k-efficientnet_lite0 --beam 3
+    """
+    from captioner.evaluate import evaluate as evaluate_run
+
+    decode = _decode_config(run_dir, beam, max_length, length_penalty, no_repeat_ngram)
+    result = evaluate_run(run_dir, split, decode, data, features)
+    mode = (
+        "greedy"
+        if decode.beam_size <= 1
+        else (f"beam {decode.beam_size}, length penalty {decode.length_penalty}")
+    )
+    click.echo(f"{result.split} split, {result.images} images, {mode}:")
+    for name, score in result.scores.items():
+        click.echo(f"  {name}  {score:.4f}")
+    click.echo(f"captions -> {result.captions_path}")
+
+
+@cli.command(context_settings=CONTEXT)
+def encoders():
+    """List the image encoders by name, with input and feature sizes."""
+    from captioner.encoders import get_encoder, list_encoders
+
+    for name in list_encoders():
+        spec = get_encoder(name)
+        where = "offline" if spec.offline else "downloads ImageNet weights"
+        click.echo(
+            f"{name:20} {spec.input_size}px -> {spec.feature_dim:5}  {spec.description} ({where})"
+        )
+
+
+def main():
+    cli(prog_name="captioner")

@@ -1,0 +1,147 @@
+"""Configuration: frozen dataclasses hold the defaults; TOML files and `--set` override them.
+
+A config file holds only what differs from the defaults, in sections named like the dataclasses
+below (`[model]`, `[train]`, ...). Unknown keys and wrong types raise `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from captioner.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    # Words seen fewer times in the training captions become <unk>: rare words cannot be learnt
+    # from a handful of examples and only slow down the softmax.
+    min_word_count: int = 5
+    # Longer captions are cut (Flickr8k's longest has 37 words; 99.9% have fewer than 30).
+    max_caption_words: int = 30
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    name: str = "inception_v3"
+    # "imagenet" (Keras downloads them once), a path to a weights file, or "none" (random; tests).
+    weights: str = "imagenet"
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    embedding_dim: int = 256
+    units: int = 256  # LSTM width; the image is projected to this size to start the LSTM
+    dropout: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    clipnorm: float = 5.0  # gradient clipping by global norm; 0 turns it off
+    # Reduce-on-plateau on the validation loss: LR *= factor after `patience` flat epochs.
+    lr_factor: float = 0.5
+    lr_patience: int = 1
+    min_learning_rate: float = 1e-5
+    early_stopping_patience: int = 4  # epochs without a better validation loss; 0 turns it off
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    beam_size: int = 1  # 1 is greedy search
+    max_length: int = 30  # words, not counting <end>
+    # Beam hypotheses are ranked by log P / length ** length_penalty (length counts <end>):
+    # 0 favours short captions, 1 is the average log-probability per word.
+    length_penalty: float = 0.7
+    # Forbid repeating any n-gram of this size within a caption ("a dog and a dog"); 0 = off.
+    no_repeat_ngram: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    text: TextConfig = field(default_factory=TextConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def _check_value(where: str, value: Any, default: Any) -> Any:
+    """Returns `value` converted to the type of `default`, or raises ConfigError."""
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not expected:
+        raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
+    return value
+
+
+def merge(config: Config, overrides: dict[str, Any], where: str = "config") -> Config:
+    """Returns `config` with `{section: {key: value}}` applied; unknown names raise ConfigError."""
+    sections = {}
+    for section_name, values in overrides.items():
+        if section_name not in {f.name for f in fields(Config)}:
+            valid = ", ".join(f.name for f in fields(Config))
+            raise ConfigError(f"{where}: unknown section [{section_name}] (valid: {valid})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: [{section_name}] must be a table of settings")
+        section = getattr(config, section_name)
+        known = {f.name for f in fields(section)}
+        changes = {}
+        for key, value in values.items():
+            if key not in known:
+                valid = ", ".join(sorted(known))
+                raise ConfigError(f"{where}: unknown setting {section_name}.{key} (valid: {valid})")
+            default = getattr(section, key)
+            changes[key] = _check_value(f"{where}: {section_name}.{key}", value, default)
+        sections[section_name] = replace(section, **changes)
+    return replace(config, **sections)
+
+
+def parse_assignment(text: str) -> dict[str, dict[str, Any]]:
+    """Parses `section.key=value` (value in TOML syntax; bare words are strings)."""
+    name, sep, raw = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.epochs=5")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word such as `encoder.name=vgg16`
+    return {section: {key: value}}
+
+
+def load_config(path: str | Path | None = None, assignments: tuple[str, ...] = ()) -> Config:
+    """Defaults, then the TOML file at `path` (if any), then each `section.key=value`."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            config = merge(config, tomllib.loads(path.read_text(encoding="utf-8")), str(path))
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read config file ({error.strerror})") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: {error}") from None
+    for assignment in assignments:
+        config = merge(config, parse_assignment(assignment), f"--set {assignment}")
+    return config
+
+
+def config_from_dict(data: dict[str, Any], where: str) -> Config:
+    """Rebuilds a saved config (run directories store `Config.to_dict()` as JSON)."""
+    return merge(Config(), data, where)

@@ -1,0 +1,172 @@
+"""Greedy and beam search over a batch of images, compiled into one TensorFlow graph each.
+
+Both take a `steps` object with `initial_state(features) -> state` (a list of (B, ...) tensors)
+and `step(tokens (B,), state) -> (log-probabilities (B, V), state)`: the trained decoder
+(`captioner.model.DecoderSteps`) or, in tests, a hand-built one.
+
+Beam search ranks hypotheses by log P / length ** length_penalty, where length counts the words
+and the <end> token. Finished hypotheses are kept aside (the best one per image); the search
+stops early once no live beam can beat it, and returns the best live beam when none finished.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID
+
+_NEG_INF = -1e9  # finite, so that -inf - -inf never makes a NaN
+
+
+def _banned_mask(vocabulary_size: int, suppress_unk: bool):
+    import tensorflow as tf
+
+    banned = [PAD_ID, START_ID] + ([UNK_ID] if suppress_unk else [])
+    return tf.constant(np.isin(np.arange(vocabulary_size), banned) * _NEG_INF, tf.float32)
+
+
+def make_greedy_search(steps, vocabulary_size: int, max_length: int, suppress_unk: bool = True):
+    """Returns a compiled f(features (B, D)) -> ids (B, max_length), <pad> after <end>."""
+    import tensorflow as tf
+
+    banned = _banned_mask(vocabulary_size, suppress_unk)
+
+    @tf.function(reduce_retracing=True)
+    def greedy(features):
+        state = steps.initial_state(features)
+        batch = tf.shape(features)[0]
+        tokens = tf.fill([batch], START_ID)
+        finished = tf.zeros([batch], tf.bool)
+        output = tf.TensorArray(tf.int32, size=max_length, element_shape=[None])
+        for t in tf.range(max_length):
+            log_probs, state = steps.step(tokens, state)
+            tokens = tf.argmax(log_probs + banned, axis=-1, output_type=tf.int32)
+            tokens = tf.where(finished, PAD_ID, tokens)
+            output = output.write(t, tokens)
+            finished = finished | tf.equal(tokens, END_ID)
+            if tf.reduce_all(finished):
+                break
+        ids = tf.transpose(output.stack())  # (B, steps run)
+        return tf.pad(ids, [[0, 0], [0, max_length - tf.shape(ids)[1]]])
+
+    return greedy
+
+
+def _repeated_ngram_bans(sequences, t, n: int):
+    """Indices [b, k, token] of tokens that would repeat an n-gram already in the beam.
+
+    sequences: (B, K, L) int32 words so far (valid up to position t).
+    """
+    import tensorflow as tf
+
+    length = sequences.shape[-1]
+    positions = tf.range(length - n + 1)  # j: start of an earlier n-gram
+    match = positions + n - 1 < t  # (L-n+1,) the earlier n-gram is complete
+    for offset in range(n - 1):
+        earlier = sequences[:, :, offset : length - n + 1 + offset]  # (B, K, L-n+1)
+        current = tf.gather(sequences, tf.maximum(t - n + 1 + offset, 0), axis=2)  # (B, K)
+        match = match & tf.equal(earlier, current[:, :, None])
+    match = match & (t >= n - 1)
+    where = tf.cast(tf.where(match), tf.int32)  # (M, 3): b, k, j
+    tokens = tf.gather_nd(sequences, tf.stack([where[:, 0], where[:, 1], where[:, 2] + n - 1], 1))
+    return tf.stack([where[:, 0], where[:, 1], tokens], axis=1)
+
+
+def make_beam_search(
+    steps,
+    vocabulary_size: int,
+    beam_size: int,
+    max_length: int,
+    length_penalty: float = 0.7,
+    no_repeat_ngram: int = 0,
+    suppress_unk: bool = True,
+):
+    """Returns a compiled f(features (B, D)) -> (ids (B, max_length), scores (B,))."""
+    import tensorflow as tf
+
+    K, V, L = beam_size, vocabulary_size, max_length
+    banned = _banned_mask(V, suppress_unk)
+    alpha = float(length_penalty)
+
+    def normalize(scores, length):
+        return scores / tf.pow(tf.cast(length, tf.float32), alpha)
+
+    @tf.function(reduce_retracing=True)
+    def beam(features):
+        B = tf.shape(features)[0]
+        # Every beam of an image starts from the image's state: (B*K, ...) rows, image-major.
+        state = [tf.repeat(s, K, axis=0) for s in steps.initial_state(features)]
+        tokens = tf.fill([B * K], START_ID)
+        alive = tf.tile(tf.constant([[0.0] + [_NEG_INF] * (K - 1)]), [B, 1])  # (B, K) log P
+        sequences = tf.zeros([B, K, L], tf.int32)
+        best_score = tf.fill([B], float(_NEG_INF))  # best finished, normalized
+        best_sequence = tf.zeros([B, L], tf.int32)
+        for t in tf.range(L):
+            log_probs, state = steps.step(tokens, state)
+            log_probs = tf.reshape(log_probs + banned, [B, K, V])
+            if no_repeat_ngram > 1:
+                bans = _repeated_ngram_bans(sequences, t, no_repeat_ngram)
+                log_probs = tf.tensor_scatter_nd_update(
+                    log_probs, bans, tf.fill([tf.shape(bans)[0]], float(_NEG_INF))
+                )
+            candidates = alive[:, :, None] + log_probs  # (B, K, V)
+            # 1. Hypotheses that end here: t words + <end>.
+            ended = normalize(candidates[:, :, END_ID], t + 1)  # (B, K)
+            k_best = tf.argmax(ended, axis=1, output_type=tf.int32)
+            ended_best = tf.reduce_max(ended, axis=1)
+            ended_sequence = tf.gather(sequences, k_best, batch_dims=1)  # (B, L)
+            ended_sequence = tf.where(tf.range(L)[None] == t, END_ID, ended_sequence)
+            better = ended_best > best_score
+            best_score = tf.where(better, ended_best, best_score)
+            best_sequence = tf.where(better[:, None], ended_sequence, best_sequence)
+            # 2. Hypotheses that go on: the K best (beam, word) pairs other than <end>.
+            candidates = tf.where(tf.range(V) == END_ID, float(_NEG_INF), candidates)
+            alive, flat = tf.math.top_k(tf.reshape(candidates, [B, K * V]), k=K)  # (B, K)
+            parent, tokens_bk = flat // V, flat % V
+            sequences = tf.gather(sequences, parent, batch_dims=1)
+            sequences = tf.where(tf.range(L)[None, None] == t, tokens_bk[:, :, None], sequences)
+            rows = tf.reshape(parent + tf.range(B)[:, None] * K, [-1])
+            state = [tf.ensure_shape(tf.gather(s, rows), s.shape) for s in state]
+            tokens = tf.reshape(tokens_bk, [-1])
+            # 3. Stop when no live beam can still beat the finished one at any length.
+            hope = normalize(tf.reduce_max(alive, axis=1), L + 1)
+            if tf.reduce_all(best_score >= hope):
+                break
+        # No hypothesis finished (e.g. a model that never says <end>): take the best live one.
+        live_best = tf.argmax(alive, axis=1, output_type=tf.int32)
+        live_score = normalize(tf.reduce_max(alive, axis=1), L)
+        none_finished = best_score <= _NEG_INF / 2
+        best_sequence = tf.where(
+            none_finished[:, None], tf.gather(sequences, live_best, batch_dims=1), best_sequence
+        )
+        return best_sequence, tf.where(none_finished, live_score, best_score)
+
+    return beam
+
+
+def make_decoder(steps, vocabulary_size: int, config, batch_size: int = 512):
+    """Returns f(features (N, D)) -> int32 word ids (N, max_length), with DecodeConfig settings.
+
+    Each row holds a caption, then <end> and <pad> (or max_length words and no <end>). The
+    search is compiled once and reused for every batch of `batch_size` images.
+    """
+    if config.beam_size <= 1:
+        search = make_greedy_search(steps, vocabulary_size, config.max_length)
+    else:
+        search = make_beam_search(
+            steps,
+            vocabulary_size,
+            config.beam_size,
+            config.max_length,
+            config.length_penalty,
+            config.no_repeat_ngram,
+        )
+
+    def decode(features: np.ndarray) -> np.ndarray:
+        outputs = [np.zeros((0, config.max_length), np.int32)]
+        for start in range(0, len(features), batch_size):
+            result = search(np.asarray(features[start : start + batch_size], np.float32))
+            outputs.append((result[0] if isinstance(result, tuple) else result).numpy())
+        return np.concatenate(outputs)
+
+    return decode

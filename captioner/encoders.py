@@ -1,0 +1,107 @@
+"""Image encoders by name: a registry of pretrained CNNs that turn photos into feature vectors.
+
+Each entry knows its input size, its feature size and how to build a Keras model that maps a
+batch of RGB images, float32 in [0, 255] and of shape (batch, size, size, 3), to features of
+shape (batch, feature_dim), its own preprocessing included.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from captioner.errors import EncoderError
+
+# weights: "imagenet", "none" (random, for tests) or a path to a weights file.
+Builder = Callable[[str], "object"]
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    input_size: int
+    feature_dim: int
+    build: Builder
+    offline: bool  # True when its ImageNet weights need no network
+    description: str
+
+
+_REGISTRY: dict[str, EncoderSpec] = {}
+
+
+def register_encoder(name: str, input_size: int, feature_dim: int, description: str, offline=False):
+    """Decorator: registers `build(weights) -> keras.Model` under `name`."""
+
+    def decorate(build: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"encoder {name!r} is registered twice")
+        _REGISTRY[name] = EncoderSpec(name, input_size, feature_dim, build, offline, description)
+        return build
+
+    return decorate
+
+
+def list_encoders(pattern: str = "*") -> list[str]:
+    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
+
+
+def get_encoder(name: str) -> EncoderSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise EncoderError(
+            f"unknown encoder {name!r} (valid: {', '.join(list_encoders())})"
+        ) from None
+
+
+def build_encoder(name: str, weights: str = "imagenet"):
+    """Returns the Keras model for encoder `name`, raising EncoderError when weights fail."""
+    spec = get_encoder(name)
+    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+        raise EncoderError(f"{weights}: weights file not found (encoder {name})")
+    return spec.build(weights)
+
+
+# --- keras.applications encoders ----------------------------------------------------------
+
+_OFFLINE_HINT = (
+    "download the weights file on a machine with network access and pass --weights FILE "
+    "(or copy it into ~/.keras/models/), or use the offline encoder: --encoder efficientnet_lite0"
+)
+
+
+def _keras_application(constructor_name: str, module_name: str, size: int, weights: str, **kw):
+    """Wraps keras.applications.<constructor> with its own preprocess_input in front."""
+    import keras
+
+    constructor = getattr(keras.applications, constructor_name)
+    preprocess = getattr(keras.applications, module_name).preprocess_input
+    try:
+        base = constructor(weights=None if weights == "none" else weights, **kw)
+    except EncoderError:
+        raise
+    except Exception as error:  # Keras raises a bare Exception when the download fails
+        if weights != "imagenet":
+            raise EncoderError(
+                f"{weights}: cannot load these weights into {constructor_name} ({error})"
+            ) from None
+        raise EncoderError(
+            f"cannot get the ImageNet weights for {constructor_name} ({_first_line(error)}): "
+            + _OFFLINE_HINT
+        ) from None
+    images = keras.Input((size, size, 3), name="images")
+    outputs = base(preprocess(images))
+    return keras.Model(images, outputs, name=f"{constructor_name.lower()}_encoder")
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+@register_encoder("inception_v3", 299, 2048, "InceptionV3, global-average-pooled (the default)")
+def _inception_v3(weights: str):
+    return _keras_application(
+        "InceptionV3", "inception_v3", 299, weights, include_top=False, pooling="avg"
+    )

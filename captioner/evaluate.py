@@ -1,0 +1,88 @@
+"""`captioner evaluate`: decode every image of a split and score the captions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from captioner.config import DecodeConfig
+
+
+@dataclass
+class Evaluation:
+    split: str
+    images: int
+    decoding: dict  # the DecodeConfig used, as a dict
+    scores: dict[str, float]
+    captions_path: Path
+    seconds: float
+
+
+def decoding_name(decode: DecodeConfig) -> str:
+    return "greedy" if decode.beam_size <= 1 else f"beam{decode.beam_size}"
+
+
+def evaluate(
+    run_dir: str | Path,
+    split: str = "test",
+    decode: DecodeConfig | None = None,
+    data_root: str | Path | None = None,
+    features_path: str | Path | None = None,
+) -> Evaluation:
+    """Captions every image of `split` from cached features and scores them against all references.
+
+    Args:
+        run_dir: a directory written by `captioner train`.
+        split: train, dev or test.
+        decode: decoding settings; the run's own when None.
+        data_root, features_path: default to those the run was trained on.
+    Returns:
+        The scores; the captions, references and per-image BLEU-4 go to a JSON file in run_dir.
+    """
+    from captioner.data import load_dataset
+    from captioner.decode import make_decoder
+    from captioner.features import load_feature_cache
+    from captioner.metrics import corpus_bleu_scores, sentence_bleu4
+    from captioner.model import DecoderSteps
+    from captioner.rundir import load_run, write_json
+    from captioner.text import clean_caption
+
+    start = time.perf_counter()
+    run = load_run(run_dir)
+    decode = decode or run.config.decode
+    dataset = load_dataset(data_root or run.info["data"])
+    cache_path = features_path or run.info["features"]
+    cache = load_feature_cache(cache_path)
+    cache.check_encoder(cache_path, run.encoder.name, run.encoder.weights)
+    from captioner.train import caption_arrays  # checks that every image has features
+
+    arrays = caption_arrays(
+        dataset, split, cache, run.vocabulary, run.config.text.max_caption_words
+    )
+    decoder = make_decoder(DecoderSteps(run.load_model()), len(run.vocabulary), decode)
+    hypotheses = [run.vocabulary.decode(row) for row in decoder(arrays.features)]
+    references = [[clean_caption(c) for c in dataset.captions[n]] for n in arrays.names]
+    scores = corpus_bleu_scores(references, hypotheses)
+    per_image = [
+        {
+            "image": name,
+            "caption": " ".join(words),
+            "references": [" ".join(r) for r in refs],
+            "bleu4": round(sentence_bleu4(refs, words), 4),
+        }
+        for name, words, refs in zip(arrays.names, hypotheses, references)
+    ]
+    captions_path = Path(run_dir) / f"captions-{split}-{decoding_name(decode)}.json"
+    write_json(
+        captions_path,
+        {"split": split, "decoding": decode.__dict__, "scores": scores, "images": per_image},
+    )
+    return Evaluation(
+        split,
+        len(hypotheses),
+        dict(decode.__dict__),
+        scores,
+        captions_path,
+        time.perf_counter() - start,
+    )

@@ -1,0 +1,191 @@
+"""`captioner extract`: encode every photo of a dataset once and cache the feature vectors.
+
+The cache is a pickle of plain data, `{"encoder": ..., "input_size": ..., "feature_dim": ...,
+"weights": ..., "features": {image name: float32 vector}}`, read back through a restricted
+unpickler. It is rewritten atomically every few hundred images, so an interrupted run keeps
+what it finished and the next run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from captioner.errors import CacheError
+from captioner.files import UnsafePickleError, load_restricted_pickle, write_atomic
+from captioner.images import try_load_image
+
+CACHE_FORMAT = "captioner-features/1"
+_SAVE_EVERY_SECONDS = 60.0
+
+
+@dataclass
+class FeatureCache:
+    encoder: str
+    input_size: int
+    feature_dim: int
+    weights: str
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        data = {"format": CACHE_FORMAT, **self.__dict__}
+        write_atomic(path, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def check_encoder(self, path: str | Path, encoder: str, weights: str | None = None) -> None:
+        if self.encoder != encoder or (weights is not None and self.weights != weights):
+            raise CacheError(
+                f"{path}: made by encoder {self.encoder} (weights {self.weights}), not "
+                f"{encoder} (weights {weights or self.weights}): extract again with "
+                f"--encoder {encoder}, or give another --features file"
+            )
+
+    def matrix(self, names: list[str]) -> np.ndarray:
+        """Features of `names` stacked into one float32 array of shape (len(names), dim)."""
+        return np.stack([self.features[name] for name in names]).astype(np.float32, copy=False)
+
+
+def load_feature_cache(path: str | Path) -> FeatureCache:
+    """Reads a cache written by `extract`; raises CacheError for anything else."""
+    path = Path(path)
+    try:
+        data = load_restricted_pickle(path.read_bytes())
+    except FileNotFoundError:
+        raise CacheError(
+            f"{path}: feature cache not found: run `captioner extract` first"
+        ) from None
+    except UnsafePickleError as error:
+        raise CacheError(f"{path}: not a safe feature cache ({error})") from None
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+        raise CacheError(f"{path}: unreadable feature cache ({error})") from None
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+        raise CacheError(f"{path}: not a captioner feature cache")
+    cache = FeatureCache(
+        data["encoder"], data["input_size"], data["feature_dim"], data["weights"], data["features"]
+    )
+    for name, vector in cache.features.items():
+        if not (isinstance(vector, np.ndarray) and vector.shape == (cache.feature_dim,)):
+            raise CacheError(f"{path}: the vector of {name} is not {cache.feature_dim} numbers")
+    return cache
+
+
+@dataclass
+class ExtractSummary:
+    cache_path: Path
+    encoded: int
+    already_cached: int
+    failed: dict[str, str]  # image name -> why it could not be read
+    seconds: float
+
+
+def batches_of_images(
+    paths: list[Path], size: int, batch_size: int, workers: int = 4
+) -> Iterator[tuple[list[int], np.ndarray, dict[int, str]]]:
+    """Yields (indices, uint8 images (n, size, size, 3), {index: error}) per batch of `paths`.
+
+    Photos are decoded by a thread pool while the caller runs the encoder on the previous batch
+    (PIL releases the GIL while decoding), so the CNN rarely waits for the disk.
+    """
+    chunks = [range(i, min(i + batch_size, len(paths))) for i in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(workers) as pool:
+
+        def submit(chunk):
+            return [pool.submit(try_load_image, paths[i], size) for i in chunk]
+
+        pending = submit(chunks[0]) if chunks else []
+        for number, chunk in enumerate(chunks):
+            results = [future.result() for future in pending]
+            if number + 1 < len(chunks):
+                pending = submit(chunks[number + 1])
+            good = [(i, r) for i, r in zip(chunk, results) if isinstance(r, np.ndarray)]
+            errors = {i: r for i, r in zip(chunk, results) if isinstance(r, str)}
+            images = (
+                np.stack([r for _, r in good]) if good else np.zeros((0, size, size, 3), np.uint8)
+            )
+            yield [i for i, _ in good], images, errors
+
+
+def make_encode_function(model, batch_size: int):
+    """A compiled forward pass on fixed-size batches (the last one is padded: no retracing)."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def forward(images):
+        return model(images, training=False)
+
+    def encode(images: np.ndarray) -> np.ndarray:
+        count = len(images)
+        if count < batch_size:
+            padding = np.zeros((batch_size - count, *images.shape[1:]), images.dtype)
+            images = np.concatenate([images, padding])
+        return forward(tf.constant(images, tf.float32)).numpy()[:count]
+
+    return encode
+
+
+def default_cache_path(data_root: str | Path, encoder: str) -> Path:
+    """Where `extract` puts the cache unless told: data/<dataset folder>-<encoder>.pkl."""
+    return Path("data") / f"{Path(data_root).resolve().name}-{encoder}.pkl"
+
+
+def extract_features(
+    data_root: str | Path,
+    cache_path: str | Path,
+    encoder: str = "inception_v3",
+    weights: str = "imagenet",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Encodes every captioned image of the dataset at `data_root` that the cache lacks.
+
+    Args:
+        data_root: a dataset folder in either layout (see captioner.data).
+        cache_path: the pickle to create or extend; one cache holds one encoder's features.
+        encoder, weights: the registry name and "imagenet", "none" or a weights file.
+        batch_size: images per forward pass.
+        progress: show a tqdm progress bar.
+    Returns:
+        An ExtractSummary; unreadable images are listed in it, not raised.
+    """
+    from tqdm import tqdm
+
+    from captioner.data import load_dataset
+    from captioner.encoders import build_encoder, get_encoder
+
+    start = time.perf_counter()
+    spec = get_encoder(encoder)
+    dataset = load_dataset(data_root)
+    cache_path = Path(cache_path)
+    if cache_path.exists():
+        cache = load_feature_cache(cache_path)
+        cache.check_encoder(cache_path, spec.name, weights)
+    else:
+        cache = FeatureCache(spec.name, spec.input_size, spec.feature_dim, weights)
+    names = sorted(name for name in dataset.captions if name not in cache.features)
+    summary = ExtractSummary(cache_path, 0, len(dataset.captions) - len(names), {}, 0.0)
+    if names:
+        encode = make_encode_function(build_encoder(spec.name, weights), batch_size)
+        paths = [dataset.image_path(name) for name in names]
+        last_save = time.monotonic()
+        bar = tqdm(total=len(names), unit="img", desc=f"extract {spec.name}", disable=not progress)
+        try:
+            for indices, images, errors in batches_of_images(paths, spec.input_size, batch_size):
+                summary.failed.update({names[i]: why for i, why in errors.items()})
+                if len(images):
+                    for i, vector in zip(indices, encode(images)):
+                        cache.features[names[i]] = vector.astype(np.float32)
+                summary.encoded += len(images)
+                bar.update(len(indices) + len(errors))
+                if time.monotonic() - last_save > _SAVE_EVERY_SECONDS:
+                    cache.save(cache_path)
+                    last_save = time.monotonic()
+        finally:  # Ctrl-C or a crash keeps every finished image
+            bar.close()
+            cache.save(cache_path)
+    summary.seconds = time.perf_counter() - start
+    return summary

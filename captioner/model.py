@@ -1,0 +1,64 @@
+"""The decoder: a batch-normalized image projection that starts an embedding + LSTM language model.
+
+    image (B, D) -> BatchNorm -> Dense(units, relu) -> Dense(units, tanh) = h0, Dense(units) = c0
+    words (B, T) -> Embedding(V, E) -> Dropout -> LSTM(units, from h0, c0) -> Dropout
+                 -> Dense(units, relu) -> Dense(V) = logits (B, T, V)
+
+The model outputs logits; the softmax lives in the loss and in decoding (log_softmax), which is
+numerically safer than a softmax layer followed by a log. Layers are named, so `DecoderSteps`
+can run the same weights one word at a time for greedy and beam search.
+"""
+
+from __future__ import annotations
+
+from captioner.config import ModelConfig
+
+
+def build_decoder(config: ModelConfig, vocabulary_size: int, feature_dim: int):
+    """Returns the (uncompiled) Keras training model: [features, words] -> logits."""
+    import keras
+    from keras import layers
+
+    features = keras.Input((feature_dim,), name="features")
+    words = keras.Input((None,), dtype="int32", name="words")
+    image = layers.BatchNormalization(name="image_norm")(features)
+    image = layers.Dense(config.units, activation="relu", name="image_projection")(image)
+    h0 = layers.Dense(config.units, activation="tanh", name="initial_h")(image)
+    c0 = layers.Dense(config.units, name="initial_c")(image)
+    x = layers.Embedding(vocabulary_size, config.embedding_dim, name="embedding")(words)
+    x = layers.Dropout(config.dropout, name="embedding_dropout")(x)
+    x = layers.LSTM(config.units, return_sequences=True, name="lstm")(x, initial_state=[h0, c0])
+    x = layers.Dropout(config.dropout, name="lstm_dropout")(x)
+    x = layers.Dense(config.units, activation="relu", name="hidden")(x)
+    logits = layers.Dense(vocabulary_size, name="logits")(x)
+    return keras.Model([features, words], logits, name="captioner_decoder")
+
+
+class DecoderSteps:
+    """The trained decoder's weights, run one word at a time for a whole batch (no dropout)."""
+
+    def __init__(self, model):
+        self.model = model
+        get = model.get_layer
+        self._image = [get("image_norm"), get("image_projection")]
+        self._initial = (get("initial_h"), get("initial_c"))
+        self._embedding, self._cell = get("embedding"), get("lstm").cell
+        self._head = [get("hidden"), get("logits")]
+        self.vocabulary_size = get("logits").units
+
+    def initial_state(self, features):
+        """features (B, D) -> [h (B, units), c (B, units)]."""
+        x = features
+        for layer in self._image:
+            x = layer(x, training=False)
+        return [self._initial[0](x), self._initial[1](x)]
+
+    def step(self, tokens, state):
+        """tokens (B,) int32, state [h, c] -> log-probabilities (B, V), new state."""
+        import tensorflow as tf
+
+        x = self._embedding(tokens)  # (B, E)
+        output, state = self._cell(x, state, training=False)
+        for layer in self._head:
+            output = layer(output)
+        return tf.nn.log_softmax(tf.cast(output, tf.float32)), state

@@ -1,0 +1,107 @@
+"""A run directory: everything `caption` and `evaluate` need, written by `train`.
+
+model.keras        best weights by validation loss (Keras format, loaded in safe mode)
+last.keras         the latest epoch, rewritten each epoch
+vocabulary.json    the words, id = position
+run.json           the effective config, the encoder, the data and feature paths
+history.json, training.csv   per-epoch losses, accuracies and learning rate
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from captioner.config import Config, config_from_dict
+from captioner.errors import RunError
+from captioner.files import write_atomic
+from captioner.text import Vocabulary
+
+RUN_FORMAT = "captioner-run/1"
+MODEL_FILE, LAST_FILE = "model.keras", "last.keras"
+VOCABULARY_FILE, RUN_FILE, HISTORY_FILE = "vocabulary.json", "run.json", "history.json"
+
+
+@dataclass
+class EncoderInfo:
+    name: str
+    input_size: int
+    feature_dim: int
+    weights: str
+
+
+@dataclass
+class Run:
+    directory: Path
+    config: Config
+    encoder: EncoderInfo
+    vocabulary: Vocabulary
+    info: dict[str, Any]  # data and feature paths, version, anything else recorded
+
+    def load_model(self):
+        return load_keras_model(self.directory / MODEL_FILE)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
+
+def save_keras_model(model, path: str | Path) -> None:
+    """model.save() into a temporary .keras file, then a rename: never half a model."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
+    os.close(handle)
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load_keras_model(path: str | Path):
+    import keras
+
+    # safe_mode refuses Lambda layers and other deserialized code; compile=False because
+    # inference needs no optimizer or loss.
+    return keras.models.load_model(path, compile=False, safe_mode=True)
+
+
+def save_run_info(directory: Path, config: Config, encoder: EncoderInfo, **info: Any) -> None:
+    from captioner import __version__
+
+    data = {
+        "format": RUN_FORMAT,
+        "captioner_version": __version__,
+        "encoder": encoder.__dict__,
+        "config": config.to_dict(),
+        **info,
+    }
+    write_json(directory / RUN_FILE, data)
+
+
+def load_run(directory: str | Path) -> Run:
+    """Reads a run directory; raises RunError naming what is missing."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise RunError(f"{directory}: run directory not found")
+    for name in (RUN_FILE, VOCABULARY_FILE, MODEL_FILE):
+        if not (directory / name).is_file():
+            raise RunError(
+                f"{directory}: no {name} here: not a finished training run "
+                "(train one with `captioner train`)"
+            )
+    try:
+        data = json.loads((directory / RUN_FILE).read_text(encoding="utf-8"))
+        if data.get("format") != RUN_FORMAT:
+            raise ValueError("unknown format")
+        config = config_from_dict(data.pop("config"), str(directory / RUN_FILE))
+        encoder = EncoderInfo(**data.pop("encoder"))
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise RunError(f"{directory / RUN_FILE}: not a captioner run file ({error})") from None
+    vocabulary = Vocabulary.load(directory / VOCABULARY_FILE)
+    return Run(directory, config, encoder, vocabulary, data)

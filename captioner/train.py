@@ -1,0 +1,216 @@
+"""`captioner train`: clean and tokenize captions, then train the decoder by teacher forcing.
+
+Each caption is one training sample: input `<start> w1 .. wn`, target `w1 .. wn <end>`, padding
+weighted 0 in the loss and the accuracy. Batches group captions of similar length and are padded
+only to their own longest caption, so little LSTM work is spent on padding.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from captioner.config import Config, TrainConfig
+from captioner.data import Dataset, load_dataset
+from captioner.errors import CacheError, DataError
+from captioner.features import FeatureCache, load_feature_cache
+from captioner.text import Vocabulary, build_vocabulary, clean_caption, teacher_forcing_arrays
+
+# Batches hold captions whose lengths (words + 1) fall between the same boundaries.
+_LENGTH_BOUNDARIES = [8, 10, 12, 14, 17, 21]
+
+
+@dataclass
+class CaptionArrays:
+    """One split as arrays: features once per image, captions as padded ids."""
+
+    names: list[str]  # image names; row i of `features`
+    features: np.ndarray  # (images, D) float32
+    image_rows: np.ndarray  # (captions,) int32: which feature row each caption belongs to
+    inputs: np.ndarray  # (captions, max_words + 1) int32: <start> w1 .. wn <pad> ..
+    targets: np.ndarray  # (captions, max_words + 1) int32: w1 .. wn <end> <pad> ..
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return (self.targets != 0).sum(axis=1).astype(np.int32)
+
+
+def caption_arrays(
+    dataset: Dataset, split: str, cache: FeatureCache, vocabulary: Vocabulary, max_words: int
+) -> CaptionArrays:
+    """Builds the arrays of one split; every image must have its features in the cache."""
+    names = dataset.splits[split]
+    if not names:
+        raise DataError(f"{dataset.root}: the {split} split has no images with captions")
+    missing = [name for name in names if name not in cache.features]
+    if missing:
+        raise CacheError(
+            f"{len(missing)} {split} images have no features in the cache (e.g. {missing[0]}): "
+            "run `captioner extract` on this dataset with the same encoder"
+        )
+    rows, captions = [], []
+    for row, name in enumerate(names):
+        for caption in dataset.captions[name]:
+            rows.append(row)
+            captions.append(vocabulary.encode(clean_caption(caption)))
+    inputs, targets = teacher_forcing_arrays(captions, max_words)
+    return CaptionArrays(names, cache.matrix(names), np.asarray(rows, np.int32), inputs, targets)
+
+
+def make_batches(arrays: CaptionArrays, batch_size: int, shuffle: bool, seed: int = 0):
+    """tf.data pipeline of ((features, inputs), targets, weights), weights = targets != <pad>."""
+    import tensorflow as tf
+
+    features = tf.constant(arrays.features)
+    data = tf.data.Dataset.from_tensor_slices(
+        (arrays.image_rows, arrays.inputs, arrays.targets, arrays.lengths)
+    )
+    if shuffle:
+        data = data.shuffle(len(arrays.inputs), seed=seed, reshuffle_each_iteration=True)
+    data = data.map(lambda row, x, y, n: (row, x[:n], y[:n]))
+    data = data.bucket_by_sequence_length(
+        lambda row, x, y: tf.shape(x)[0],
+        bucket_boundaries=_LENGTH_BOUNDARIES,
+        bucket_batch_sizes=[batch_size] * (len(_LENGTH_BOUNDARIES) + 1),
+    )
+
+    def to_model(rows, x, y):
+        weights = tf.cast(tf.not_equal(y, 0), tf.float32)
+        return (tf.gather(features, rows), x), y, weights
+
+    return data.map(to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def compile_decoder(model, config: TrainConfig) -> None:
+    import keras
+
+    optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
+    # mean_with_sample_weight: the loss is the mean over real words, not over padding too.
+    loss = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction="mean_with_sample_weight"
+    )
+    model.compile(optimizer=optimizer, loss=loss, weighted_metrics=["accuracy"])
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    vocabulary_size: int
+    train_captions: int
+    seconds: float
+
+
+def _run_callbacks(run_dir: Path, config: TrainConfig):
+    """Checkpoints (best and last, atomically), LR schedule, early stopping, logs."""
+    import keras
+
+    from captioner.rundir import HISTORY_FILE, LAST_FILE, MODEL_FILE, save_keras_model, write_json
+
+    class RunDirectoryCheckpoint(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best = float("inf")
+            self.history: list[dict[str, float]] = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+            self.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
+            save_keras_model(self.model, run_dir / LAST_FILE)
+            if logs["val_loss"] < self.best:
+                self.best = logs["val_loss"]
+                save_keras_model(self.model, run_dir / MODEL_FILE)
+            write_json(run_dir / HISTORY_FILE, self.history)
+
+    callbacks = [
+        keras.callbacks.ReduceLROnPlateau(
+            "val_loss",
+            factor=config.lr_factor,
+            patience=config.lr_patience,
+            min_lr=config.min_learning_rate,
+        ),
+        RunDirectoryCheckpoint(),
+        keras.callbacks.CSVLogger(str(run_dir / "training.csv")),
+    ]
+    if config.early_stopping_patience > 0:
+        callbacks.append(
+            keras.callbacks.EarlyStopping("val_loss", patience=config.early_stopping_patience)
+        )
+    return callbacks
+
+
+def train(
+    data_root: str | Path,
+    features_path: str | Path,
+    run_dir: str | Path,
+    config: Config,
+    progress: bool = True,
+) -> TrainSummary:
+    """Trains a decoder on the dataset's train split, validating on dev, into `run_dir`.
+
+    Args:
+        data_root: dataset folder (either layout).
+        features_path: the cache written by `extract` for this dataset.
+        run_dir: created if needed; receives the model, vocabulary, config and history.
+        config: the effective configuration (saved into the run directory).
+        progress: show Keras' per-epoch progress bar.
+    """
+    import keras
+    import tensorflow as tf
+
+    from captioner.model import build_decoder
+    from captioner.rundir import EncoderInfo, save_run_info
+
+    start = time.perf_counter()
+    dataset = load_dataset(data_root)
+    cache = load_feature_cache(features_path)
+    text = config.text
+    train_captions = [
+        clean_caption(c) for n in dataset.splits["train"] for c in dataset.captions[n]
+    ]
+    vocabulary = build_vocabulary(train_captions, text.min_word_count)
+    train_arrays = caption_arrays(dataset, "train", cache, vocabulary, text.max_caption_words)
+    dev_arrays = caption_arrays(dataset, "dev", cache, vocabulary, text.max_caption_words)
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    vocabulary.save(run_dir / "vocabulary.json")
+    encoder = EncoderInfo(cache.encoder, cache.input_size, cache.feature_dim, cache.weights)
+    save_run_info(
+        run_dir,
+        config,
+        encoder,
+        data=str(Path(data_root).resolve()),
+        features=str(Path(features_path).resolve()),
+        vocabulary_size=len(vocabulary),
+    )
+
+    keras.utils.set_random_seed(config.train.seed)
+    tf.config.experimental.enable_op_determinism()
+    model = build_decoder(config.model, len(vocabulary), cache.feature_dim)
+    compile_decoder(model, config.train)
+    callbacks = _run_callbacks(run_dir, config.train)
+    history = model.fit(
+        make_batches(train_arrays, config.train.batch_size, True, config.train.seed),
+        validation_data=make_batches(dev_arrays, config.train.batch_size, False),
+        epochs=config.train.epochs,
+        callbacks=callbacks,
+        verbose=1 if progress else 0,
+    )
+    val_losses = history.history["val_loss"]
+    best = int(np.argmin(val_losses))
+    return TrainSummary(
+        run_dir,
+        len(val_losses),
+        best + 1,
+        float(val_losses[best]),
+        len(vocabulary),
+        len(train_arrays.inputs),
+        time.perf_counter() - start,
+    )

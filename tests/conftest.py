@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny encoder that needs no weights, and synthetic datasets on disk."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import pytest  # noqa: E402
+
+from captioner.encoders import _REGISTRY, register_encoder  # noqa: E402
+from tests import synthetic  # noqa: E402
+
+TINY_ENCODER = "tiny_test"
+
+if TINY_ENCODER not in _REGISTRY:
+
+    @register_encoder(TINY_ENCODER, synthetic.SIZE, 8 * 8 * 3, "4x4 average pooling (tests only)")
+    def _tiny(weights):
+        """Mean colour of each 4x4 patch: enough to tell the synthetic shapes apart."""
+        import keras
+
+        images = keras.Input((synthetic.SIZE, synthetic.SIZE, 3))
+        x = keras.layers.Rescaling(1 / 255)(images)
+        x = keras.layers.AveragePooling2D(4)(x)
+        return keras.Model(images, keras.layers.Flatten()(x), name="tiny_test")
+
+
+TRAIN, DEV, TEST = 120, 20, 20
+
+
+@pytest.fixture(scope="session")
+def examples():
+    return synthetic.make_examples(TRAIN + DEV + TEST)
+
+
+@pytest.fixture(scope="session")
+def flickr8k_data(tmp_path_factory, examples):
+    names = [name for name, _, _ in examples]
+    splits = {
+        "train": names[:TRAIN],
+        "dev": names[TRAIN : TRAIN + DEV],
+        "test": names[TRAIN + DEV :],
+    }
+    return synthetic.write_flickr8k(tmp_path_factory.mktemp("flickr8k"), examples, splits)
+
+
+@pytest.fixture(scope="session")
+def kaggle_data(tmp_path_factory, examples):
+    return synthetic.write_kaggle(tmp_path_factory.mktemp("kaggle"), examples)
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Each test runs in its own folder with its own cache: the user's files are never touched."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CAPTIONER_DEBUG", raising=False)

@@ -1,0 +1,89 @@
+"""A small synthetic captioning dataset: two coloured shapes, one above the other.
+
+Captions such as "a red circle above a blue square" come in five paraphrases per image; with
+4 colours x 3 shapes for each of two objects, a caption that ignores the image scores badly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 200, 30),
+    "blue": (30, 30, 220),
+    "yellow": (230, 230, 20),
+}
+SHAPES = ("circle", "square", "triangle")
+SIZE = 32
+
+
+def draw(top: tuple[str, str], bottom: tuple[str, str]) -> Image.Image:
+    image = Image.new("RGB", (SIZE, SIZE), (255, 255, 255))
+    pen = ImageDraw.Draw(image)
+    for (colour, shape), y in ((top, 1), (bottom, SIZE // 2 + 1)):
+        box = (SIZE // 4, y, SIZE // 4 + 13, y + 13)
+        fill = COLOURS[colour]
+        if shape == "circle":
+            pen.ellipse(box, fill=fill)
+        elif shape == "square":
+            pen.rectangle(box, fill=fill)
+        else:
+            pen.polygon(
+                [(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=fill
+            )
+    return image
+
+
+def captions_for(top: tuple[str, str], bottom: tuple[str, str]) -> list[str]:
+    a, b = " ".join(top), " ".join(bottom)
+    return [
+        f"A {a} above a {b}.",
+        f"a {a} is above a {b}",
+        f"There is a {a} above a {b} .",
+        f"A {b} below a {a}.",
+        f"a {b} is below a {a}",
+    ]
+
+
+def make_examples(count: int, seed: int = 0) -> list[tuple[str, Image.Image, list[str]]]:
+    rng = np.random.RandomState(seed)
+    examples = []
+    for index in range(count):
+        top = (str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)))
+        bottom = (str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)))
+        examples.append(
+            (f"{1000 + index}_shapes.jpg", draw(top, bottom), captions_for(top, bottom))
+        )
+    return examples
+
+
+def write_kaggle(root: Path, examples) -> Path:
+    """Images/ and captions.txt (CSV with header; captions with commas are quoted)."""
+    (root / "Images").mkdir(parents=True)
+    lines = ["image,caption"]
+    for name, image, captions in examples:
+        image.save(root / "Images" / name, quality=95)
+        lines += [f"{name},{caption}" for caption in captions]
+    (root / "captions.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_flickr8k(root: Path, examples, splits: dict[str, list[str]]) -> Path:
+    """Flicker8k_Dataset/ and Flickr8k_text/ with the token file and the three split files."""
+    (root / "Flicker8k_Dataset").mkdir(parents=True)
+    text = root / "Flickr8k_text"
+    text.mkdir()
+    lines = []
+    for name, image, captions in examples:
+        image.save(root / "Flicker8k_Dataset" / name, quality=95)
+        lines += [f"{name}#{i}\t{caption}" for i, caption in enumerate(captions)]
+    # The real token file has captions for an id with no image; loaders must tolerate it.
+    lines.append("2258277193_586949ec62.jpg.1#0\tpeople waiting for the subway")
+    (text / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
+    for split, names in splits.items():
+        (text / f"Flickr_8k.{split}Images.txt").write_text("\n".join(names) + "\n")
+    return root

@@ -1,0 +1,109 @@
+"""extract -> train -> caption -> evaluate through the CLI, on the synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from captioner.cli import cli
+from captioner.metrics import corpus_bleu_scores
+from captioner.text import clean_caption
+from tests.conftest import TINY_ENCODER
+
+TINY_MODEL = [
+    "--set",
+    "model.units=64",
+    "--set",
+    "model.embedding_dim=32",
+    "--set",
+    "model.dropout=0.1",
+    "--set",
+    "text.min_word_count=1",
+]
+
+
+def most_frequent_train_caption() -> list[str]:
+    from collections import Counter
+
+    from tests.conftest import TRAIN, synthetic
+
+    captions = [clean_caption(c) for _, _, cs in synthetic.make_examples(TRAIN) for c in cs]
+    return list(Counter(map(tuple, captions)).most_common(1)[0][0])
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_pipeline_learns_to_caption(flickr8k_data, tmp_path):
+    features = tmp_path / "features.pkl"
+    out = run(
+        "extract",
+        "--data",
+        flickr8k_data,
+        "--encoder",
+        TINY_ENCODER,
+        "--weights",
+        "none",
+        "--features",
+        features,
+        "--no-progress",
+    )
+    assert "encoded 160 images (0 already cached)" in out
+    # A second run finds nothing to do.
+    assert "encoded 0 images (160 already cached)" in run(
+        "extract",
+        "--data",
+        flickr8k_data,
+        "--encoder",
+        TINY_ENCODER,
+        "--weights",
+        "none",
+        "--features",
+        features,
+        "--no-progress",
+    )
+
+    run_dir = tmp_path / "run"
+    run(
+        "train",
+        "--data",
+        flickr8k_data,
+        "--features",
+        features,
+        "--run-dir",
+        run_dir,
+        "--epochs",
+        40,
+        "--batch-size",
+        32,
+        "--learning-rate",
+        0.01,
+        "--no-progress",
+        "--set",
+        "train.early_stopping_patience=0",
+        *TINY_MODEL,
+    )
+    for name in ("model.keras", "last.keras", "vocabulary.json", "run.json", "history.json"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "run.json").read_text())["encoder"]["name"] == TINY_ENCODER
+
+    out = run("evaluate", "--run", run_dir)
+    bleu4 = float(out.split("BLEU-4")[1].split()[0])
+    result = json.loads((run_dir / "captions-test-greedy.json").read_text())
+    assert len(result["images"]) == 20
+
+    # The baseline: the most frequent training caption, given to every test image.
+    references = [[clean_caption(r) for r in image["references"]] for image in result["images"]]
+    baseline = corpus_bleu_scores(references, [most_frequent_train_caption()] * 20)["BLEU-4"]
+    print(f"BLEU-4: learned {bleu4:.3f}, most frequent caption {baseline:.3f}")
+    # Measured: learned 0.900, most frequent caption 0.236 (seed 0, 2-core CPU).
+    assert bleu4 > 0.7 and bleu4 > baseline + 0.4
+
+    image = flickr8k_data / "Flicker8k_Dataset" / result["images"][0]["image"]
+    out = run("caption", "--run", run_dir, "--beam", 3, image)
+    assert out.startswith(str(image) + "\t")
+    assert out.split("\t")[1].split()[0] in ("a", "there")
