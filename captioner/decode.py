@@ -18,20 +18,31 @@ from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID
 _NEG_INF = -1e9  # finite, so that -inf - -inf never makes a NaN
 
 
-def _banned_mask(vocabulary_size: int, suppress_unk: bool):
+def _banned_masks(vocabulary_size: int, suppress_unk: bool):
+    """Additive masks (V,): words never generated, and those plus <end> for the first word."""
     import tensorflow as tf
 
     banned = [PAD_ID, START_ID] + ([UNK_ID] if suppress_unk else [])
-    return tf.constant(np.isin(np.arange(vocabulary_size), banned) * _NEG_INF, tf.float32)
+    always = np.isin(np.arange(vocabulary_size), banned) * _NEG_INF
+    # An empty caption is never an answer: the first word may not be <end>.
+    first = np.where(np.arange(vocabulary_size) == END_ID, _NEG_INF, always)
+    return tf.constant(always, tf.float32), tf.constant(first, tf.float32)
+
+
+def _features_signature():
+    import tensorflow as tf
+
+    # One trace for every batch size: the last, smaller batch does not recompile.
+    return [tf.TensorSpec([None, None], tf.float32)]
 
 
 def make_greedy_search(steps, vocabulary_size: int, max_length: int, suppress_unk: bool = True):
     """Returns a compiled f(features (B, D)) -> ids (B, max_length), <pad> after <end>."""
     import tensorflow as tf
 
-    banned = _banned_mask(vocabulary_size, suppress_unk)
+    banned, banned_first = _banned_masks(vocabulary_size, suppress_unk)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=_features_signature())
     def greedy(features):
         state = steps.initial_state(features)
         batch = tf.shape(features)[0]
@@ -40,7 +51,8 @@ def make_greedy_search(steps, vocabulary_size: int, max_length: int, suppress_un
         output = tf.TensorArray(tf.int32, size=max_length, element_shape=[None])
         for t in tf.range(max_length):
             log_probs, state = steps.step(tokens, state)
-            tokens = tf.argmax(log_probs + banned, axis=-1, output_type=tf.int32)
+            mask = banned_first if t == 0 else banned
+            tokens = tf.argmax(log_probs + mask, axis=-1, output_type=tf.int32)
             tokens = tf.where(finished, PAD_ID, tokens)
             output = output.write(t, tokens)
             finished = finished | tf.equal(tokens, END_ID)
@@ -85,13 +97,13 @@ def make_beam_search(
     import tensorflow as tf
 
     K, V, L = beam_size, vocabulary_size, max_length
-    banned = _banned_mask(V, suppress_unk)
+    banned, banned_first = _banned_masks(V, suppress_unk)
     alpha = float(length_penalty)
 
     def normalize(scores, length):
         return scores / tf.pow(tf.cast(length, tf.float32), alpha)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=_features_signature())
     def beam(features):
         B = tf.shape(features)[0]
         # Every beam of an image starts from the image's state: (B*K, ...) rows, image-major.
@@ -103,7 +115,8 @@ def make_beam_search(
         best_sequence = tf.zeros([B, L], tf.int32)
         for t in tf.range(L):
             log_probs, state = steps.step(tokens, state)
-            log_probs = tf.reshape(log_probs + banned, [B, K, V])
+            mask = banned_first if t == 0 else banned
+            log_probs = tf.reshape(log_probs + mask, [B, K, V])
             if no_repeat_ngram > 1:
                 bans = _repeated_ngram_bans(sequences, t, no_repeat_ngram)
                 log_probs = tf.tensor_scatter_nd_update(

@@ -1,0 +1,72 @@
+"""Bad input gets one clear line and exit 1, never a traceback."""
+
+from __future__ import annotations
+
+import numpy as np
+from click.testing import CliRunner
+
+from captioner.cli import cli
+from captioner.features import FeatureCache
+from tests.conftest import TINY_ENCODER
+
+
+def fails(*args) -> str:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_missing_image_folder(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "captions.txt").write_text("image,caption\n")
+    assert "no image folder" in fails(
+        "extract", "--data", tmp_path / "d", "--encoder", TINY_ENCODER
+    )
+
+
+def test_captions_in_neither_layout(tmp_path):
+    (tmp_path / "d" / "Images").mkdir(parents=True)
+    (tmp_path / "d" / "captions.csv").write_text("image,caption\n")
+    assert "no captions found" in fails("extract", "--data", tmp_path / "d")
+
+
+def test_cache_from_another_encoder(flickr8k_data, tmp_path):
+    cache = tmp_path / "f.pkl"
+    FeatureCache("vgg16", 224, 4, "imagenet", {"x.jpg": np.zeros(4, np.float32)}).save(cache)
+    line = fails("extract", "--data", flickr8k_data, "--encoder", TINY_ENCODER, "--weights", "none",
+                 "--features", cache)  # fmt: skip
+    assert line == (
+        f"Error: {cache}: made by encoder vgg16 (weights imagenet), not {TINY_ENCODER} "
+        f"(weights none): extract again with --encoder {TINY_ENCODER}, or give another --features file"
+    )
+
+
+def test_run_directory_without_a_model(tmp_path):
+    (tmp_path / "run").mkdir()
+    line = fails("caption", "--run", tmp_path / "run", "photo.jpg")
+    assert line == (
+        f"Error: {tmp_path / 'run'}: no run.json here: not a finished training run "
+        "(train one with `captioner train`)"
+    )
+    assert "run directory not found" in fails("evaluate", "--run", tmp_path / "nowhere")
+
+
+def test_unknown_encoder_lists_the_valid_ones():
+    line = fails("extract", "--data", ".", "--encoder", "alexnet")
+    assert line.startswith("Error: unknown encoder 'alexnet' (valid: ") and "inception_v3" in line
+
+
+def test_bad_settings(tmp_path):
+    assert "unknown setting model.size (valid: " in fails(
+        "train", "--data", ".", "--set", "model.size=3"
+    )
+    assert "model.units: expected int, got 'big'" in fails(
+        "train", "--data", ".", "--set", "model.units=big"
+    )
+    (tmp_path / "c.toml").write_text("[model]\nunits = \n")
+    assert fails("train", "--data", ".", "--config", tmp_path / "c.toml").startswith(
+        f"Error: {tmp_path / 'c.toml'}: "
+    )

@@ -1,0 +1,102 @@
+"""Greedy and beam search on decoders whose next-word probabilities the tests set by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from captioner.config import DecodeConfig, ModelConfig
+from captioner.decode import make_beam_search, make_decoder, make_greedy_search
+from captioner.text import END_ID, START_ID
+
+A, B, C = 4, 5, 6  # word ids after the four special tokens
+V = 7
+
+
+class BigramSteps:
+    """P(next | previous word) from a fixed table; the state carries nothing but the batch size."""
+
+    def __init__(self, table: dict[int, dict[int, float]], never_ends: bool = False):
+        import tensorflow as tf
+
+        probabilities = np.full((V, V), 1e-9)
+        if never_ends:
+            probabilities[:, END_ID] = 0.0  # log 0 = -inf: <end> is impossible
+        for previous, following in table.items():
+            for word, p in following.items():
+                probabilities[previous, word] = p
+        with np.errstate(divide="ignore"):
+            self.log_table = tf.constant(np.log(probabilities), tf.float32)
+
+    def initial_state(self, features):
+        return [features]
+
+    def step(self, tokens, state):
+        import tensorflow as tf
+
+        return tf.gather(self.log_table, tokens), state
+
+
+# Greedy takes "a" (0.5) and then must end at 0.5 * 0.34 = 0.17; beam keeps "b" (0.4), which
+# ends with 0.9: 0.36 in all.
+TRAP = {
+    START_ID: {A: 0.5, B: 0.4, C: 0.1},
+    A: {END_ID: 0.34, B: 0.33, C: 0.33},
+    B: {END_ID: 0.9, C: 0.1},
+}
+FEATURES = np.zeros((1, 2), np.float32)
+
+
+def test_beam_finds_the_more_probable_caption_that_greedy_misses():
+    steps = BigramSteps(TRAP)
+    greedy = make_greedy_search(steps, V, max_length=5)(FEATURES).numpy()
+    assert list(greedy[0]) == [A, END_ID, 0, 0, 0]
+    ids, scores = make_beam_search(steps, V, beam_size=2, max_length=5)(FEATURES)
+    assert list(ids.numpy()[0]) == [B, END_ID, 0, 0, 0]
+    assert scores.numpy()[0] == pytest.approx(np.log(0.36) / 2**0.7, rel=1e-5)
+
+
+def test_beam_returns_the_best_unfinished_caption_when_none_ends():
+    never_ends = {START_ID: {A: 0.6, B: 0.4}, A: {B: 0.7, C: 0.3}, B: {A: 0.8, C: 0.2}, C: {A: 1.0}}
+    steps = BigramSteps(never_ends, never_ends=True)
+    ids, _ = make_beam_search(steps, V, beam_size=3, max_length=4)(FEATURES)
+    assert list(ids.numpy()[0]) == [A, B, A, B]
+
+
+def test_length_penalty_changes_which_caption_wins():
+    # "a <end>": 0.3 * 0.9 = 0.27; "b c <end>": 0.7 * 0.4 * 0.9 = 0.252, less probable but
+    # better per token: log(0.27) / 2 = -0.655 < log(0.252) / 3 = -0.459.
+    table = {START_ID: {A: 0.3, B: 0.7}, A: {END_ID: 0.9, C: 0.1}, B: {C: 0.4, END_ID: 0.1},
+             C: {END_ID: 0.9, A: 0.1}}  # fmt: skip
+    steps = BigramSteps(table)
+    plain = make_beam_search(steps, V, 3, 5, length_penalty=0.0)(FEATURES)[0].numpy()[0]
+    per_token = make_beam_search(steps, V, 3, 5, length_penalty=1.0)(FEATURES)[0].numpy()[0]
+    assert list(plain[:2]) == [A, END_ID]
+    assert list(per_token[:3]) == [B, C, END_ID]
+
+
+def test_repeated_ngrams_can_be_blocked():
+    loop = {START_ID: {A: 0.9, B: 0.1}, A: {B: 0.9, END_ID: 0.1}, B: {A: 0.9, END_ID: 0.1}}
+    steps = BigramSteps(loop)
+    free = make_beam_search(steps, V, 2, 6, length_penalty=1.0)(FEATURES)[0].numpy()[0]
+    blocked = make_beam_search(steps, V, 2, 6, 1.0, no_repeat_ngram=2)(FEATURES)[0].numpy()[0]
+    assert list(free[:4]) == [A, B, A, B]
+    words = [w for w in blocked if w not in (0, END_ID)]
+    bigrams = list(zip(words, words[1:]))
+    assert len(bigrams) == len(set(bigrams))
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_a_batch_gives_the_same_captions_as_each_image_alone(beam_size):
+    import keras
+
+    from captioner.model import DecoderSteps, build_decoder
+
+    keras.utils.set_random_seed(1)
+    model = build_decoder(ModelConfig(embedding_dim=8, units=16, dropout=0.0), 30, 12)
+    features = np.random.RandomState(0).normal(size=(6, 12)).astype(np.float32) * 3
+    decode = make_decoder(DecoderSteps(model), 30, DecodeConfig(beam_size=beam_size, max_length=8))
+    batch = decode(features)
+    alone = np.concatenate([decode(features[i : i + 1]) for i in range(len(features))])
+    np.testing.assert_array_equal(batch, alone)
+    assert len({tuple(row) for row in batch}) > 1  # the images do get different captions

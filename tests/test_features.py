@@ -1,0 +1,85 @@
+"""The feature cache (safe to load, resumable) and photos as users have them."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from captioner.errors import CacheError
+from captioner.features import FeatureCache, extract_features, load_feature_cache
+from captioner.images import load_image
+from tests.conftest import TINY_ENCODER
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_cache_that_would_run_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"format": "captioner-features/1", "features": RunsCode()}))
+    with pytest.raises(
+        CacheError, match=r"not a safe feature cache \(refusing to load posix.system\)"
+    ):
+        load_feature_cache(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cache_round_trip_and_encoder_check(tmp_path):
+    cache = FeatureCache("tiny_test", 32, 3, "none", {"a.jpg": np.arange(3, dtype=np.float32)})
+    cache.save(tmp_path / "c.pkl")
+    loaded = load_feature_cache(tmp_path / "c.pkl")
+    np.testing.assert_array_equal(loaded.features["a.jpg"], [0, 1, 2])
+    with pytest.raises(CacheError, match="made by encoder tiny_test .* not vgg16"):
+        loaded.check_encoder(tmp_path / "c.pkl", "vgg16", "imagenet")
+    (tmp_path / "junk.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(CacheError, match="unreadable feature cache"):
+        load_feature_cache(tmp_path / "junk.pkl")
+
+
+def test_extract_skips_broken_photos_and_resumes(flickr8k_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(flickr8k_data, data)
+    images = sorted((data / "Flicker8k_Dataset").iterdir())
+    images[0].write_bytes(images[0].read_bytes()[:100])  # truncated JPEG
+    cache = tmp_path / "f.pkl"
+    first = extract_features(data, cache, TINY_ENCODER, "none", 16, progress=False)
+    assert first.encoded == 159 and list(first.failed) == [images[0].name]
+    # An interrupted run left part of the cache: the next run does only the rest.
+    partial = load_feature_cache(cache)
+    partial.features = dict(list(partial.features.items())[:50])
+    partial.save(cache)
+    second = extract_features(data, cache, TINY_ENCODER, "none", 16, progress=False)
+    assert (second.encoded, second.already_cached) == (109, 50)
+    assert len(load_feature_cache(cache).features) == 159
+
+
+def test_photos_in_any_mode_become_rgb(tmp_path):
+    red = Image.new("RGB", (40, 20), (255, 0, 0))
+    red.convert("L").save(tmp_path / "gray.jpg")
+    red.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    rgba = Image.new("RGBA", (40, 20), (0, 0, 0, 0))  # fully transparent: laid on white
+    rgba.save(tmp_path / "alpha.png")
+    for name in ("gray.jpg", "cmyk.jpg", "alpha.png"):
+        array = load_image(tmp_path / name, 16)
+        assert array.shape == (16, 16, 3) and array.dtype == np.uint8, name
+    assert load_image(tmp_path / "alpha.png", 16).min() == 255
+    assert abs(int(load_image(tmp_path / "cmyk.jpg", 16)[8, 8, 0]) - 255) < 10
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 20, 20))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    image.save(tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    array = load_image(tmp_path / "rotated.jpg", 20)
+    # Displayed upright, the red half is on top.
+    assert array[2, 10, 0] > 200 and array[17, 10, 2] > 200
