@@ -40,7 +40,8 @@ def test_cache_from_another_encoder(flickr8k_data, tmp_path):
                  "--features", cache)  # fmt: skip
     assert line == (
         f"Error: {cache}: made by encoder vgg16 (weights imagenet), not {TINY_ENCODER} "
-        f"(weights none): extract again with --encoder {TINY_ENCODER}, or give another --features file"
+        f"(weights none): extract again with --encoder {TINY_ENCODER}, "
+        "or give another --features file"
     )
 
 
