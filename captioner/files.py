@@ -8,6 +8,9 @@ import pickle
 import tempfile
 from pathlib import Path
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def write_atomic(path: str | Path, data: bytes) -> None:
     """Writes `data` to a temporary file beside `path`, then renames it over `path`.
@@ -18,6 +21,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
