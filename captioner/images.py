@@ -23,7 +23,9 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, image.convert("RGBA"))
-        image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        image = image.convert("RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
 
 
