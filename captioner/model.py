@@ -30,7 +30,8 @@ def build_decoder(config: ModelConfig, vocabulary_size: int, feature_dim: int):
     x = layers.LSTM(config.units, return_sequences=True, name="lstm")(x, initial_state=[h0, c0])
     x = layers.Dropout(config.dropout, name="lstm_dropout")(x)
     x = layers.Dense(config.units, activation="relu", name="hidden")(x)
-    logits = layers.Dense(vocabulary_size, name="logits")(x)
+    # float32 even under a mixed-precision policy: the softmax needs the range.
+    logits = layers.Dense(vocabulary_size, name="logits", dtype="float32")(x)
     return keras.Model([features, words], logits, name="captioner_decoder")
 
 

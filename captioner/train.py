@@ -7,6 +7,7 @@ only to their own longest caption, so little LSTM work is spent on padding.
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +82,20 @@ def make_batches(arrays: CaptionArrays, batch_size: int, shuffle: bool, seed: in
         weights = tf.cast(tf.not_equal(y, 0), tf.float32)
         return (tf.gather(features, rows), x), y, weights
 
-    return data.map(to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    data = data.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
+    # Known length: Keras shows real progress and does not warn that the data "ran out".
+    data = data.apply(tf.data.experimental.assert_cardinality(count_batches(arrays, batch_size)))
+    return data.prefetch(tf.data.AUTOTUNE)
+
+
+def count_batches(arrays: CaptionArrays, batch_size: int) -> int:
+    """Batches per epoch: each length bucket ends with its own partial batch."""
+    buckets = np.digitize(arrays.lengths, _LENGTH_BOUNDARIES)
+    return int(sum(-(-count // batch_size) for count in np.bincount(buckets)))
 
 
 def compile_decoder(model, config: TrainConfig) -> None:
+    """Adam with gradient clipping; masked sparse cross-entropy on logits; masked accuracy."""
     import keras
 
     optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
@@ -92,7 +103,12 @@ def compile_decoder(model, config: TrainConfig) -> None:
     loss = keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, reduction="mean_with_sample_weight"
     )
-    model.compile(optimizer=optimizer, loss=loss, weighted_metrics=["accuracy"])
+    model.compile(
+        optimizer=optimizer,
+        loss=loss,
+        weighted_metrics=["accuracy"],
+        jit_compile=config.jit_compile,
+    )
 
 
 @dataclass
@@ -127,8 +143,10 @@ def _run_callbacks(run_dir: Path, config: TrainConfig):
                 self.best = logs["val_loss"]
                 save_keras_model(self.model, run_dir / MODEL_FILE)
             write_json(run_dir / HISTORY_FILE, self.history)
+            plot_history(self.history, run_dir / "loss.png")
 
     callbacks = [
+        keras.callbacks.TensorBoard(str(run_dir / "logs")),
         keras.callbacks.ReduceLROnPlateau(
             "val_loss",
             factor=config.lr_factor,
@@ -193,16 +211,19 @@ def train(
 
     keras.utils.set_random_seed(config.train.seed)
     tf.config.experimental.enable_op_determinism()
-    model = build_decoder(config.model, len(vocabulary), cache.feature_dim)
-    compile_decoder(model, config.train)
-    callbacks = _run_callbacks(run_dir, config.train)
-    history = model.fit(
-        make_batches(train_arrays, config.train.batch_size, True, config.train.seed),
-        validation_data=make_batches(dev_arrays, config.train.batch_size, False),
-        epochs=config.train.epochs,
-        callbacks=callbacks,
-        verbose=1 if progress else 0,
-    )
+    keras.mixed_precision.set_global_policy(config.train.precision)
+    try:
+        model = build_decoder(config.model, len(vocabulary), cache.feature_dim)
+        compile_decoder(model, config.train)
+        history = model.fit(
+            make_batches(train_arrays, config.train.batch_size, True, config.train.seed),
+            validation_data=make_batches(dev_arrays, config.train.batch_size, False),
+            epochs=config.train.epochs,
+            callbacks=_run_callbacks(run_dir, config.train),
+            verbose=1 if progress else 0,
+        )
+    finally:  # the policy is global: leave the process as it was for decoding
+        keras.mixed_precision.set_global_policy("float32")
     val_losses = history.history["val_loss"]
     best = int(np.argmin(val_losses))
     return TrainSummary(
@@ -214,3 +235,32 @@ def train(
         len(train_arrays.inputs),
         time.perf_counter() - start,
     )
+
+
+def plot_history(history: list[dict[str, float]], path: Path) -> None:
+    """loss.png: training and validation loss per epoch, and the learning rate beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no window
+    import matplotlib.pyplot as plt
+
+    from captioner.files import write_atomic
+
+    epochs = [h["epoch"] for h in history]
+    figure, loss_axis = plt.subplots(figsize=(7, 4), dpi=100)
+    loss_axis.plot(epochs, [h["loss"] for h in history], "o-", label="training loss")
+    loss_axis.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation loss")
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("cross-entropy per word")
+    rate_axis = loss_axis.twinx()
+    rate_axis.plot(epochs, [h["learning_rate"] for h in history], "k:", label="learning rate")
+    rate_axis.set_yscale("log")
+    rate_axis.set_ylabel("learning rate")
+    lines = loss_axis.get_legend_handles_labels()
+    rates = rate_axis.get_legend_handles_labels()
+    loss_axis.legend(lines[0] + rates[0], lines[1] + rates[1], loc="upper right")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    write_atomic(path, buffer.getvalue())

@@ -1,0 +1,151 @@
+"""Training speed and memory: this project's trainer against the classic prefix-expansion recipe.
+
+In one run, on the same cached features of the Flickr8k training split, with embedding and LSTM
+sizes 256 and 256, each variant in its own process (so that peak memory is its own):
+  ours       teacher forcing on whole captions, length-bucketed tf.data batches of 64 captions,
+             sparse targets with padding weighted 0; vocabulary: training words seen >= 5 times
+  ours-full  the same with (b)'s vocabulary (every training word)
+  classic    every caption expanded into all its prefixes, each padded to the longest caption,
+             one-hot targets, categorical cross-entropy, batches of 64 captions' prefixes from a
+             Python generator, the seeds' merge model; vocabulary: every training word.
+             Timed over --classic-steps batches and extrapolated to the epoch (said so below).
+
+    python scripts/bench_train.py --data ../shared/flickr8k \\
+        --features data/flickr8k-efficientnet_lite0.pkl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+BATCH, SIZE = 64, 256
+
+
+def load(data: str, features: str, min_count: int):
+    from captioner.data import load_dataset
+    from captioner.features import load_feature_cache
+    from captioner.text import build_vocabulary, clean_caption
+    from captioner.train import caption_arrays
+
+    dataset = load_dataset(data)
+    cache = load_feature_cache(features)
+    captions = [clean_caption(c) for n in dataset.splits["train"] for c in dataset.captions[n]]
+    vocabulary = build_vocabulary(captions, min_count)
+    # max_caption_words=40 keeps every Flickr8k caption whole, as the classic recipe does.
+    return caption_arrays(dataset, "train", cache, vocabulary, 40), len(vocabulary)
+
+
+def run_ours(data: str, features: str, min_count: int) -> dict:
+    import keras
+
+    from captioner.config import ModelConfig, TrainConfig
+    from captioner.model import build_decoder
+    from captioner.train import compile_decoder, make_batches
+
+    arrays, vocabulary_size = load(data, features, min_count)
+    keras.utils.set_random_seed(0)
+    model = build_decoder(ModelConfig(SIZE, SIZE, 0.5), vocabulary_size, arrays.features.shape[1])
+    compile_decoder(model, TrainConfig(batch_size=BATCH))
+    batches = make_batches(arrays, BATCH, shuffle=True)
+    model.fit(batches.take(10), verbose=0)  # trace and compile outside the timing
+    start = time.perf_counter()
+    model.fit(batches, epochs=1, verbose=0)
+    return {"samples": len(arrays.inputs), "vocabulary": vocabulary_size,
+            "seconds": time.perf_counter() - start, "measured": "one full epoch"}  # fmt: skip
+
+
+def classic_batches(arrays, vocabulary_size: int, max_length: int, seed: int = 0):
+    """The seeds' generator: per batch of captions, every prefix -> the next word, one-hot."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(arrays.inputs))
+    for start in range(0, len(order), BATCH):
+        images, prefixes, next_words = [], [], []
+        for row in order[start : start + BATCH]:
+            sequence = list(arrays.inputs[row][arrays.inputs[row] != 0]) + [2]  # + <end>
+            for i in range(1, len(sequence)):
+                images.append(arrays.features[arrays.image_rows[row]])
+                prefixes.append(np.pad(sequence[:i], (max_length - i, 0)))  # pre-padding
+                next_words.append(sequence[i])
+        targets = np.zeros((len(next_words), vocabulary_size), np.float32)  # one-hot
+        targets[np.arange(len(next_words)), next_words] = 1.0
+        yield (np.array(images), np.array(prefixes)), targets
+
+
+def run_classic(data: str, features: str, steps: int) -> dict:
+    import keras
+    from keras import layers
+
+    arrays, vocabulary_size = load(data, features, 1)
+    max_length = int(arrays.lengths.max())
+    image = keras.Input((arrays.features.shape[1],))
+    words = keras.Input((max_length,))
+    x1 = layers.Dense(SIZE, activation="relu")(layers.Dropout(0.5)(image))
+    x2 = layers.Embedding(vocabulary_size, SIZE, mask_zero=True)(words)
+    x2 = layers.LSTM(SIZE)(layers.Dropout(0.5)(x2))
+    x = layers.Dense(SIZE, activation="relu")(layers.add([x1, x2]))
+    model = keras.Model([image, words], layers.Dense(vocabulary_size, activation="softmax")(x))
+    model.compile(loss="categorical_crossentropy", optimizer="adam")
+    batches = classic_batches(arrays, vocabulary_size, max_length)
+    for _ in range(2):  # compile outside the timing
+        model.train_on_batch(*next(batches))
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(*next(batches))
+    per_batch = (time.perf_counter() - start) / steps
+    epoch_batches = -(-len(arrays.inputs) // BATCH)
+    return {"samples": int(arrays.lengths.sum()), "vocabulary": vocabulary_size,
+            "seconds": per_batch * epoch_batches,
+            "measured": f"{steps} batches, extrapolated to {epoch_batches}"}  # fmt: skip
+
+
+def child(args) -> None:
+    if args.variant == "classic":
+        result = run_classic(args.data, args.features, args.classic_steps)
+    else:
+        result = run_ours(args.data, args.features, 5 if args.variant == "ours" else 1)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--data", default="../shared/flickr8k")
+    parser.add_argument("--features", default="data/flickr8k-efficientnet_lite0.pkl")
+    parser.add_argument("--classic-steps", type=int, default=20)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # set in the child processes
+    args = parser.parse_args()
+    if args.variant:
+        return child(args)
+    results = {}
+    for variant in ("ours", "ours-full", "classic"):
+        command = [sys.executable, __file__, "--variant", variant, "--data", args.data,
+                   "--features", args.features,
+                   "--classic-steps", str(args.classic_steps)]  # fmt: skip
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        results[variant] = json.loads(output.split("RESULT ", 1)[1])
+        print(f"{variant}: {results[variant]}", flush=True)
+    print(f"Flickr8k train split, embedding/LSTM {SIZE}/{SIZE}, batches of {BATCH} captions, "
+          f"{os.cpu_count()} CPUs")  # fmt: skip
+    print(f"{'variant':10} {'vocab':>6} {'samples/epoch':>14} {'s/epoch':>8} {'peak RSS MB':>12}"
+          "  measured")  # fmt: skip
+    for name, r in results.items():
+        print(f"{name:10} {r['vocabulary']:6d} {r['samples']:14,d} {r['seconds']:8.1f} "
+              f"{r['peak_rss_mb']:12.0f}  {r['measured']}")  # fmt: skip
+    classic = results["classic"]["seconds"]
+    for name, label in (("ours", "recipe against recipe"), ("ours-full", "same vocabulary")):
+        print(f"speed-up, {label} ({name} vs classic): {classic / results[name]['seconds']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

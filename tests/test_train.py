@@ -1,0 +1,109 @@
+"""The training pipeline computes the loss a plain per-caption loop would, and trains as told."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from captioner.config import Config, ModelConfig, TrainConfig, merge
+from captioner.text import teacher_forcing_arrays
+from captioner.train import CaptionArrays, compile_decoder, count_batches, make_batches
+
+CAPTIONS = [
+    [4, 5, 6],
+    [7, 8, 9, 10, 11, 12, 13, 14],
+    [5],
+    [9, 9, 4, 6, 7],
+    [8, 4, 4, 4, 4, 4, 4, 4, 4],
+]
+ROWS = [0, 1, 0, 2, 1]
+V, D = 16, 5
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import keras
+
+    from captioner.model import build_decoder
+
+    keras.utils.set_random_seed(3)
+    model = build_decoder(ModelConfig(embedding_dim=6, units=8, dropout=0.0), V, D)
+    compile_decoder(model, TrainConfig())
+    inputs, targets = teacher_forcing_arrays(CAPTIONS, max_words=12)
+    features = np.random.RandomState(0).normal(size=(3, D)).astype(np.float32)
+    arrays = CaptionArrays(["a", "b", "c"], features, np.array(ROWS, np.int32), inputs, targets)
+    return model, arrays
+
+
+def per_caption_losses(model, arrays) -> list[float]:
+    """Each caption alone, unpadded: mean -log p(next word) over its words and <end>."""
+    import tensorflow as tf
+
+    losses = []
+    for row, words in zip(ROWS, CAPTIONS):
+        x = np.array([[1, *words]], np.int32)  # <start> w1 .. wn
+        y = np.array([*words, 2])  # w1 .. wn <end>
+        logits = model([arrays.features[row : row + 1], x], training=False)[0]
+        log_probs = tf.nn.log_softmax(logits).numpy()
+        losses.append(-log_probs[np.arange(len(y)), y].mean())
+    return losses
+
+
+def test_batched_masked_loss_equals_the_per_caption_computation(tiny):
+    model, arrays = tiny
+    expected = per_caption_losses(model, arrays)
+    lengths = [len(c) + 1 for c in CAPTIONS]
+    # Word-weighted mean over the whole set, from the padded, bucketed batches.
+    total, words = 0.0, 0
+    for (features, x), y, weights in make_batches(arrays, batch_size=2, shuffle=False):
+        logits = model([features, x], training=False)
+        batch_words = int(weights.numpy().sum())
+        total += float(model.loss(y, logits, sample_weight=weights)) * batch_words
+        words += batch_words
+    assert words == sum(lengths)
+    assert total / words == pytest.approx(np.dot(expected, lengths) / sum(lengths), rel=1e-5)
+
+
+def test_one_batch_with_padding_gives_the_same_loss(tiny):
+    model, arrays = tiny
+    expected = per_caption_losses(model, arrays)
+    x, y = arrays.inputs, arrays.targets  # padded to 13 positions, far past most captions
+    weights = (y != 0).astype(np.float32)
+    logits = model([arrays.features[ROWS], x], training=False)
+    lengths = np.array([len(c) + 1 for c in CAPTIONS])
+    assert float(model.loss(y, logits, sample_weight=weights)) == pytest.approx(
+        np.dot(expected, lengths) / lengths.sum(), rel=1e-5
+    )
+
+
+def test_batch_count_is_known_before_the_epoch(tiny):
+    _, arrays = tiny
+    for batch_size in (1, 2, 64):
+        batches = make_batches(arrays, batch_size, shuffle=True)
+        assert sum(1 for _ in batches) == count_batches(arrays, batch_size) == len(batches)
+
+
+def test_mixed_precision_trains_and_leaves_float32_behind(flickr8k_data, tmp_path):
+    import keras
+
+    from captioner.features import extract_features
+    from captioner.train import train
+    from tests.conftest import TINY_ENCODER
+
+    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY_ENCODER, "none", 64, progress=False)
+    config = merge(Config(), {
+        "model": {"units": 16, "embedding_dim": 8},
+        "text": {"min_word_count": 1},
+        "train": {"epochs": 2, "precision": "mixed_bfloat16"},
+    })  # fmt: skip
+    summary = train(flickr8k_data, tmp_path / "f.pkl", tmp_path / "run", config, progress=False)
+    assert summary.epochs_run == 2 and np.isfinite(summary.best_val_loss)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and history[0]["learning_rate"] == pytest.approx(
+        1e-3
+    )
+    for name in ("loss.png", "training.csv", "logs"):
+        assert (tmp_path / "run" / name).exists(), name
