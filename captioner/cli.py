@@ -221,8 +221,11 @@ def train(
 @cli.command(context_settings=CONTEXT)
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--run", "run_dir", required=True, type=click.Path(), help="Run directory.")
+@click.option("--save", type=click.Path(),
+              help="Write the photo with its caption under it: a file for one photo, "
+              "a folder (PHOTO.captioned.png in it) for several.")  # fmt: skip
 @decode_options
-def caption(images, run_dir, beam, max_length, length_penalty, no_repeat_ngram):
+def caption(images, run_dir, save, beam, max_length, length_penalty, no_repeat_ngram):
     """Caption photos (files, or folders of them), greedy unless --beam is given.
 
     \b
@@ -239,6 +242,13 @@ def caption(images, run_dir, beam, max_length, length_penalty, no_repeat_ngram):
             click.echo(f"{result.path}: cannot read this image ({result.error})", err=True)
         else:
             click.echo(f"{result.path}\t{result.caption}")
+            if save:
+                from captioner.report import draw_caption
+
+                output = Path(save)
+                if len(images) > 1 or Path(images[0]).is_dir():
+                    output = output / f"{result.path.stem}.captioned.png"
+                draw_caption(result.path, result.caption, output)
     if failures:
         sys.exit(1)
 
@@ -256,26 +266,36 @@ def caption(images, run_dir, beam, max_length, length_penalty, no_repeat_ngram):
 @click.option(
     "--features", type=click.Path(dir_okay=False), help="Feature cache [default: the run's]."
 )
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False),
+    help="Also write an HTML page with the scores and sample captions beside photos.",
+)
 @decode_options
-def evaluate(run_dir, split, data, features, beam, max_length, length_penalty, no_repeat_ngram):
-    """Caption every image of a split and print corpus BLEU-1..4.
+def evaluate(run_dir, split, data, features, report, beam, max_length, length_penalty,
+             no_repeat_ngram):  # fmt: skip
+    """Caption every image of a split; print corpus BLEU-1..4 and CIDEr-D.
 
     \b
       captioner evaluate --run runs/flickr8k-efficientnet_lite0 --beam 3
+      captioner evaluate --run runs/flickr8k-efficientnet_lite0 --report report.html
     """
     from captioner.evaluate import evaluate as evaluate_run
 
     decode = _decode_config(run_dir, beam, max_length, length_penalty, no_repeat_ngram)
     result = evaluate_run(run_dir, split, decode, data, features)
-    mode = (
-        "greedy"
-        if decode.beam_size <= 1
-        else (f"beam {decode.beam_size}, length penalty {decode.length_penalty}")
-    )
-    click.echo(f"{result.split} split, {result.images} images, {mode}:")
-    for name, score in result.scores.items():
-        click.echo(f"  {name}  {score:.4f}")
+    mode = "greedy" if decode.beam_size <= 1 else (
+        f"beam {decode.beam_size}, length penalty {decode.length_penalty}, "
+        f"no-repeat n-gram {decode.no_repeat_ngram or 'off'}")  # fmt: skip
+    click.echo(f"{result.split} split: {result.images} images, {mode}, "
+               f"max {decode.max_length} words, {result.seconds:.1f} s")  # fmt: skip
+    click.echo("  ".join(f"{name:>7}" for name in result.scores))
+    click.echo("  ".join(f"{score:7.4f}" for score in result.scores.values()))
     click.echo(f"captions -> {result.captions_path}")
+    if report:
+        from captioner.report import write_report
+
+        click.echo(f"report -> {write_report(result, report, run_dir)}")
 
 
 @cli.command(context_settings=CONTEXT)

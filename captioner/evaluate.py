@@ -17,6 +17,8 @@ class Evaluation:
     scores: dict[str, float]
     captions_path: Path
     seconds: float
+    per_image: list[dict]  # image, caption, references, bleu4, cider_d
+    images_dir: Path
 
 
 def decoding_name(decode: DecodeConfig) -> str:
@@ -30,7 +32,7 @@ def evaluate(
     data_root: str | Path | None = None,
     features_path: str | Path | None = None,
 ) -> Evaluation:
-    """Captions every image of `split` from cached features and scores them against all references.
+    """Captions every image of `split` from cached features; scores them against all references.
 
     Args:
         run_dir: a directory written by `captioner train`.
@@ -43,7 +45,7 @@ def evaluate(
     from captioner.data import load_dataset
     from captioner.decode import make_decoder
     from captioner.features import load_feature_cache
-    from captioner.metrics import corpus_bleu_scores, sentence_bleu4
+    from captioner.metrics import cider_d, corpus_bleu_scores, sentence_bleu4
     from captioner.model import DecoderSteps
     from captioner.rundir import load_run, write_json
     from captioner.text import clean_caption
@@ -64,14 +66,16 @@ def evaluate(
     hypotheses = [run.vocabulary.decode(row) for row in decoder(arrays.features)]
     references = [[clean_caption(c) for c in dataset.captions[n]] for n in arrays.names]
     scores = corpus_bleu_scores(references, hypotheses)
+    scores["CIDEr-D"], image_cider = cider_d(references, hypotheses)
     per_image = [
         {
             "image": name,
             "caption": " ".join(words),
             "references": [" ".join(r) for r in refs],
             "bleu4": round(sentence_bleu4(refs, words), 4),
+            "cider_d": round(cider, 4),
         }
-        for name, words, refs in zip(arrays.names, hypotheses, references)
+        for name, words, refs, cider in zip(arrays.names, hypotheses, references, image_cider)
     ]
     captions_path = Path(run_dir) / f"captions-{split}-{decoding_name(decode)}.json"
     write_json(
@@ -85,4 +89,6 @@ def evaluate(
         scores,
         captions_path,
         time.perf_counter() - start,
+        per_image,
+        dataset.images_dir,
     )

@@ -8,6 +8,9 @@ punctuation, one-letter words kept).
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+
 BLEU_WEIGHTS = {
     "BLEU-1": (1.0,),
     "BLEU-2": (1 / 2, 1 / 2),
@@ -35,3 +38,61 @@ def sentence_bleu4(references: list[list[str]], hypothesis: list[str]) -> float:
     return float(
         sentence_bleu(references, hypothesis, smoothing_function=SmoothingFunction().method1)
     )
+
+
+# --- CIDEr-D --------------------------------------------------------------------------------
+# Vedantam et al. 2015, as the coco-caption toolkit computes it (pycocoevalcap/cider): tf-idf
+# vectors of 1..4-grams with document frequencies from the split's references, clipped
+# similarity, a Gaussian penalty (sigma 6) on the length difference, x10. The toolkit's
+# length is the number of bigrams, kept here so that scores are comparable.
+
+_CIDER_N, _CIDER_SIGMA = 4, 6.0
+
+
+def _ngram_counts(words: list[str]) -> Counter:
+    return Counter(
+        tuple(words[i : i + n]) for n in range(1, _CIDER_N + 1) for i in range(len(words) - n + 1)
+    )
+
+
+def _tfidf(counts: Counter, document_frequency: Counter, log_images: float):
+    """-> per-n {ngram: weight}, per-n vector norms, and the length (bigram count)."""
+    vectors = [dict() for _ in range(_CIDER_N)]
+    for ngram, count in counts.items():
+        idf = log_images - math.log(max(1.0, document_frequency[ngram]))
+        vectors[len(ngram) - 1][ngram] = count * idf
+    norms = [math.sqrt(sum(v * v for v in vector.values())) for vector in vectors]
+    length = sum(count for ngram, count in counts.items() if len(ngram) == 2)
+    return vectors, norms, length
+
+
+def _similarity(hypothesis, reference) -> float:
+    """Mean over n of the clipped cosine similarity, times the length penalty."""
+    (h_vectors, h_norms, h_length), (r_vectors, r_norms, r_length) = hypothesis, reference
+    penalty = math.exp(-((h_length - r_length) ** 2) / (2 * _CIDER_SIGMA**2))
+    total = 0.0
+    for h, r, h_norm, r_norm in zip(h_vectors, r_vectors, h_norms, r_norms):
+        value = sum(
+            min(weight, r.get(ngram, 0.0)) * r.get(ngram, 0.0) for ngram, weight in h.items()
+        )
+        if h_norm and r_norm:
+            value /= h_norm * r_norm
+        total += value * penalty
+    return total / _CIDER_N
+
+
+def cider_d(
+    references: list[list[list[str]]], hypotheses: list[list[str]]
+) -> tuple[float, list[float]]:
+    """CIDEr-D over a corpus: (the mean, each image's score)."""
+    reference_counts = [[_ngram_counts(r) for r in refs] for refs in references]
+    document_frequency = Counter(
+        ngram for counts in reference_counts for ngram in set().union(*counts)
+    )
+    log_images = math.log(float(len(references)))
+    scores = []
+    for hypothesis, counts in zip(hypotheses, reference_counts):
+        h = _tfidf(_ngram_counts(hypothesis), document_frequency, log_images)
+        total = sum(_similarity(h, _tfidf(c, document_frequency, log_images)) for c in counts)
+        scores.append(10.0 * total / len(counts))
+    return (sum(scores) / len(scores) if scores else 0.0), scores

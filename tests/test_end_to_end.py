@@ -91,10 +91,17 @@ def test_pipeline_learns_to_caption(flickr8k_data, tmp_path):
         assert (run_dir / name).is_file(), name
     assert json.loads((run_dir / "run.json").read_text())["encoder"]["name"] == TINY_ENCODER
 
-    out = run("evaluate", "--run", run_dir)
-    bleu4 = float(out.split("BLEU-4")[1].split()[0])
+    out = run("evaluate", "--run", run_dir, "--report", tmp_path / "report.html")
+    header, values = out.splitlines()[1:3]
+    scores = dict(zip(header.split(), map(float, values.split())))
+    assert list(scores) == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D"]
+    bleu4 = scores["BLEU-4"]
     result = json.loads((run_dir / "captions-test-greedy.json").read_text())
     assert len(result["images"]) == 20
+    assert set(result["images"][0]) == {"image", "caption", "references", "bleu4", "cider_d"}
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('src="data:image/jpeg;base64,') == 3 * 8  # best, worst, random
+    assert result["images"][0]["caption"] in page
 
     # The baseline: the most frequent training caption, given to every test image.
     references = [[clean_caption(r) for r in image["references"]] for image in result["images"]]
@@ -104,6 +111,10 @@ def test_pipeline_learns_to_caption(flickr8k_data, tmp_path):
     assert bleu4 > 0.7 and bleu4 > baseline + 0.4
 
     image = flickr8k_data / "Flicker8k_Dataset" / result["images"][0]["image"]
-    out = run("caption", "--run", run_dir, "--beam", 3, image)
+    out = run("caption", "--run", run_dir, "--beam", 3, image, "--save", tmp_path / "out.png")
     assert out.startswith(str(image) + "\t")
     assert out.split("\t")[1].split()[0] in ("a", "there")
+    from PIL import Image
+
+    with Image.open(tmp_path / "out.png") as drawn:  # the photo, with a caption band under it
+        assert drawn.width == 32 and drawn.height > 32

@@ -30,3 +30,20 @@ def test_short_captions_pay_the_brevity_penalty():
 
     scores = corpus_bleu_scores([[["a", "dog", "runs", "in", "the", "park"]]], [["a", "dog"]])
     assert scores["BLEU-1"] == pytest.approx(math.exp(1 - 6 / 2))
+
+
+def test_cider_d_matches_hand_computed_values():
+    import math
+
+    from captioner.metrics import cider_d
+
+    references = [[["a", "dog", "runs"]], [["a", "cat"]]]
+    # Document frequencies: "a" is in both images (idf 0); every other n-gram in one (idf
+    # log 2 = L). Image 1: hypothesis 1-grams {dog: L} against {dog: L, runs: L}: L² / (L·√2L)
+    # = 1/√2; 2-grams {a dog} against {a dog, dog runs}: 1/√2 too; no 3- or 4-grams. Lengths
+    # (bigram counts) 1 and 2: penalty exp(-1/72). Image 2 matches exactly: (1 + 1) / 4 x 10.
+    mean, scores = cider_d(references, [["a", "dog"], ["a", "cat"]])
+    expected = [10 * (2 / math.sqrt(2)) / 4 * math.exp(-1 / 72), 5.0]
+    assert scores == pytest.approx(expected)
+    assert mean == pytest.approx(sum(expected) / 2)
+    assert cider_d(references, [["a", "cat"], ["a", "dog"]])[1] == pytest.approx([0.0, 0.0])

@@ -1,0 +1,107 @@
+"""What people look at: an HTML evaluation report, and a photo with its caption drawn under it."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from captioner.files import write_atomic
+
+_THUMBNAIL = 224
+_SAMPLE = 8  # images in each of the best, worst and random sections
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
+table.scores td,table.scores th{padding:.2em .8em;text-align:right}
+.item{display:flex;gap:1em;margin:.8em 0;padding:.6em;border-bottom:1px solid #ddd}
+.item img{width:160px;height:auto;border-radius:4px}
+.generated{font-size:1.15em;font-weight:600}.refs{color:#555;margin:.3em 0 0 1.2em;padding:0}
+.metric{color:#888;font-size:.85em}"""
+
+
+def _thumbnail_data_uri(path: Path) -> str:
+    """The photo as a small embedded JPEG, so the page works when copied anywhere."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((_THUMBNAIL, _THUMBNAIL))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=80)
+    except OSError:
+        return ""
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _item_html(item: dict, images_dir: Path) -> str:
+    references = "".join(f"<li>{html.escape(r)}</li>" for r in item["references"])
+    return (
+        f'<div class="item"><img alt="{html.escape(item["image"])}" '
+        f'src="{_thumbnail_data_uri(images_dir / item["image"])}"><div>'
+        f'<div class="generated">{html.escape(item["caption"])}</div>'
+        f'<div class="metric">{html.escape(item["image"])} · BLEU-4 {item["bleu4"]:.3f} · '
+        f'CIDEr-D {item["cider_d"]:.3f}</div><ol class="refs">{references}</ol></div></div>'
+    )
+
+
+def write_report(evaluation, path: str | Path, run_dir: str | Path, seed: int = 0) -> Path:
+    """Writes a self-contained HTML page: scores, settings, best/worst/random captions."""
+    items = sorted(evaluation.per_image, key=lambda item: item["cider_d"])
+    sample = random.Random(seed).sample(items, min(_SAMPLE, len(items)))
+    sections = [
+        ("Best (highest CIDEr-D)", items[::-1][:_SAMPLE]),
+        ("Worst (lowest CIDEr-D)", items[:_SAMPLE]),
+        ("Random", sample),
+    ]
+    scores = "".join(
+        f"<tr><th>{html.escape(name)}</th><td>{value:.4f}</td></tr>"
+        for name, value in evaluation.scores.items()
+    )
+    settings = ", ".join(f"{k} = {v}" for k, v in evaluation.decoding.items())
+    body = [
+        f"<h1>captioner: {html.escape(str(run_dir))}</h1>",
+        f"<p>{evaluation.split} split, {evaluation.images} images; decoding: "
+        f"{html.escape(settings)}</p>",
+        f'<table class="scores">{scores}</table>',
+    ]
+    for title, chosen in sections:
+        body.append(f"<h2>{title}</h2>")
+        body += [_item_html(item, evaluation.images_dir) for item in chosen]
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>captioner report</title><style>{_STYLE}</style></head>"
+        f"<body>{''.join(body)}</body></html>\n"
+    )
+    write_atomic(path, page.encode("utf-8"))
+    return Path(path)
+
+
+def draw_caption(image_path: str | Path, caption: str, output: str | Path) -> Path:
+    """Saves the photo with its caption written on a white band under it."""
+    with Image.open(image_path) as photo:
+        photo = ImageOps.exif_transpose(photo).convert("RGB")
+    font = ImageFont.load_default(size=max(14, photo.width // 28))
+    pen = ImageDraw.Draw(photo)
+    lines, line = [], ""
+    for word in caption.split():  # wrap to the photo's width
+        candidate = f"{line} {word}".strip()
+        if line and pen.textlength(candidate, font=font) > photo.width - 20:
+            lines.append(line)
+            candidate = word
+        line = candidate
+    lines.append(line)
+    line_height = int(font.size * 1.3)
+    canvas = Image.new("RGB", (photo.width, photo.height + line_height * len(lines) + 20), "white")
+    canvas.paste(photo, (0, 0))
+    pen = ImageDraw.Draw(canvas)
+    for number, text in enumerate(lines):
+        pen.text((10, photo.height + 10 + number * line_height), text, fill="black", font=font)
+    buffer = io.BytesIO()
+    canvas.save(
+        buffer, format=Path(output).suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"
+    )
+    write_atomic(output, buffer.getvalue())
+    return Path(output)
