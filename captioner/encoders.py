@@ -105,29 +105,23 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-@register_encoder("inception_v3", 299, 2048, "InceptionV3, global-average-pooled (the default)")
-def _inception_v3(weights: str):
-    return _keras_application(
-        "InceptionV3", "inception_v3", 299, weights, include_top=False, pooling="avg"
-    )
+# name: (keras.applications constructor, its module, input size, feature size, description,
+#        extra constructor arguments)
+_POOLED = {"include_top": False, "pooling": "avg"}
+_KERAS_APPLICATIONS = {
+    "inception_v3": ("InceptionV3", "inception_v3", 299, 2048,
+                     "InceptionV3, global-average-pooled (the default)", _POOLED),
+    "vgg16": ("VGG16", "vgg16", 224, 4096, "VGG16, the fc2 layer",
+              {"include_top": True, "output_layer": "fc2"}),
+    "resnet50": ("ResNet50", "resnet50", 224, 2048, "ResNet50, global-average-pooled", _POOLED),
+    "xception": ("Xception", "xception", 299, 2048, "Xception, global-average-pooled", _POOLED),
+}  # fmt: skip
 
-
-@register_encoder("vgg16", 224, 4096, "VGG16, the fc2 layer")
-def _vgg16(weights: str):
-    return _keras_application("VGG16", "vgg16", 224, weights, output_layer="fc2", include_top=True)
-
-
-@register_encoder("resnet50", 224, 2048, "ResNet50, global-average-pooled")
-def _resnet50(weights: str):
-    return _keras_application(
-        "ResNet50", "resnet50", 224, weights, include_top=False, pooling="avg"
-    )
-
-
-@register_encoder("xception", 299, 2048, "Xception, global-average-pooled")
-def _xception(weights: str):
-    return _keras_application(
-        "Xception", "xception", 299, weights, include_top=False, pooling="avg"
+for _name, (_constructor, _module, _size, _dim, _text, _kw) in _KERAS_APPLICATIONS.items():
+    register_encoder(_name, _size, _dim, _text)(
+        lambda weights, c=_constructor, m=_module, s=_size, kw=_kw: _keras_application(
+            c, m, s, weights, **kw
+        )
     )
 
 

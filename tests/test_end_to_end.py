@@ -40,32 +40,11 @@ def run(*args):
 
 def test_pipeline_learns_to_caption(flickr8k_data, tmp_path):
     features = tmp_path / "features.pkl"
-    out = run(
-        "extract",
-        "--data",
-        flickr8k_data,
-        "--encoder",
-        TINY_ENCODER,
-        "--weights",
-        "none",
-        "--features",
-        features,
-        "--no-progress",
-    )
-    assert "encoded 160 images (0 already cached)" in out
+    extract = ["extract", "--data", flickr8k_data, "--encoder", TINY_ENCODER, "--weights", "none",
+               "--features", features, "--no-progress"]  # fmt: skip
+    assert "encoded 160 images (0 already cached)" in run(*extract)
     # A second run finds nothing to do.
-    assert "encoded 0 images (160 already cached)" in run(
-        "extract",
-        "--data",
-        flickr8k_data,
-        "--encoder",
-        TINY_ENCODER,
-        "--weights",
-        "none",
-        "--features",
-        features,
-        "--no-progress",
-    )
+    assert "encoded 0 images (160 already cached)" in run(*extract)
 
     run_dir = tmp_path / "run"
     run(
