@@ -16,7 +16,7 @@ class CaptionResult:
 
 
 def caption_images(
-    run_dir: str | Path,
+    run_dir: str | Path | None,
     image_paths: list[str | Path],
     decode: DecodeConfig | None = None,
     batch_size: int = 16,
@@ -24,7 +24,8 @@ def caption_images(
     """Captions each photo (folders are expanded to the images in them).
 
     Args:
-        run_dir: a directory written by `captioner train`; its encoder is rebuilt from it.
+        run_dir: a directory written by `captioner train` (None: the shipped reference model);
+            its encoder is rebuilt from it.
         image_paths: files or folders.
         decode: decoding settings; the run's own when None.
     Returns:

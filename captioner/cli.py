@@ -220,7 +220,12 @@ def train(
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--run", "run_dir", required=True, type=click.Path(), help="Run directory.")
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(),
+    help="Run directory [default: the reference Flickr8k model shipped with captioner].",
+)
 @click.option("--save", type=click.Path(),
               help="Write the photo with its caption under it: a file for one photo, "
               "a folder (PHOTO.captioned.png in it) for several.")  # fmt: skip
@@ -254,7 +259,12 @@ def caption(images, run_dir, save, beam, max_length, length_penalty, no_repeat_n
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--run", "run_dir", required=True, type=click.Path(), help="Run directory.")
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(),
+    help="Run directory [default: the reference Flickr8k model shipped with captioner].",
+)
 @click.option(
     "--split",
     type=click.Choice(["train", "dev", "test"]),
@@ -295,7 +305,7 @@ def evaluate(run_dir, split, data, features, report, beam, max_length, length_pe
     if report:
         from captioner.report import write_report
 
-        click.echo(f"report -> {write_report(result, report, run_dir)}")
+        click.echo(f"report -> {write_report(result, report, run_dir or 'reference model')}")
 
 
 @cli.command(context_settings=CONTEXT)

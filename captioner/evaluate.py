@@ -26,7 +26,7 @@ def decoding_name(decode: DecodeConfig) -> str:
 
 
 def evaluate(
-    run_dir: str | Path,
+    run_dir: str | Path | None,
     split: str = "test",
     decode: DecodeConfig | None = None,
     data_root: str | Path | None = None,
@@ -35,7 +35,7 @@ def evaluate(
     """Captions every image of `split` from cached features; scores them against all references.
 
     Args:
-        run_dir: a directory written by `captioner train`.
+        run_dir: a directory written by `captioner train` (None: the shipped reference model).
         split: train, dev or test.
         decode: decoding settings; the run's own when None.
         data_root, features_path: default to those the run was trained on.
@@ -44,7 +44,7 @@ def evaluate(
     """
     from captioner.data import load_dataset
     from captioner.decode import make_decoder
-    from captioner.features import load_feature_cache
+    from captioner.features import default_cache_path, load_feature_cache
     from captioner.metrics import cider_d, corpus_bleu_scores, sentence_bleu4
     from captioner.model import DecoderSteps
     from captioner.rundir import load_run, write_json
@@ -53,8 +53,11 @@ def evaluate(
     start = time.perf_counter()
     run = load_run(run_dir)
     decode = decode or run.config.decode
-    dataset = load_dataset(data_root or run.info["data"])
+    data_root = data_root or run.info["data"]
+    dataset = load_dataset(data_root)
     cache_path = features_path or run.info["features"]
+    if not Path(cache_path).exists():  # e.g. the shipped model, trained on another machine
+        cache_path = default_cache_path(data_root, run.encoder.name)
     cache = load_feature_cache(cache_path)
     cache.check_encoder(cache_path, run.encoder.name, run.encoder.weights)
     from captioner.train import caption_arrays  # checks that every image has features
@@ -77,7 +80,8 @@ def evaluate(
         }
         for name, words, refs, cider in zip(arrays.names, hypotheses, references, image_cider)
     ]
-    captions_path = Path(run_dir) / f"captions-{split}-{decoding_name(decode)}.json"
+    # The shipped model's folder may be read-only: its results go to the current folder.
+    captions_path = Path(run_dir or ".") / f"captions-{split}-{decoding_name(decode)}.json"
     write_json(
         captions_path,
         {"split": split, "decoding": decode.__dict__, "scores": scores, "images": per_image},

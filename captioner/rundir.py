@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from captioner.config import Config, config_from_dict
 from captioner.errors import RunError
 from captioner.files import write_atomic
 from captioner.text import Vocabulary
 
 RUN_FORMAT = "captioner-run/1"
-MODEL_FILE, LAST_FILE = "model.keras", "last.keras"
+MODEL_FILE, LAST_FILE, WEIGHTS_FILE = "model.keras", "last.keras", "weights.npz"
 VOCABULARY_FILE, RUN_FILE, HISTORY_FILE = "vocabulary.json", "run.json", "history.json"
 
 
@@ -43,7 +45,17 @@ class Run:
     info: dict[str, Any]  # data and feature paths, version, anything else recorded
 
     def load_model(self):
-        return load_keras_model(self.directory / MODEL_FILE)
+        """The trained Keras model: model.keras, or the decoder rebuilt from run.json with the
+        weights of weights.npz (how the shipped model travels: float16, a third of the size)."""
+        if (self.directory / MODEL_FILE).is_file():
+            return load_keras_model(self.directory / MODEL_FILE)
+        from captioner.model import build_decoder
+
+        model = build_decoder(self.config.model, len(self.vocabulary), self.encoder.feature_dim)
+        with np.load(self.directory / WEIGHTS_FILE, allow_pickle=False) as arrays:
+            weights = [arrays[f"w{i}"].astype(np.float32) for i in range(len(arrays.files))]
+        model.set_weights(weights)
+        return model
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -57,6 +69,7 @@ def save_keras_model(model, path: str | Path) -> None:
     os.close(handle)
     try:
         model.save(temporary)
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -84,13 +97,21 @@ def save_run_info(directory: Path, config: Config, encoder: EncoderInfo, **info:
     write_json(directory / RUN_FILE, data)
 
 
-def load_run(directory: str | Path) -> Run:
-    """Reads a run directory; raises RunError naming what is missing."""
-    directory = Path(directory)
+def shipped_run_dir() -> Path:
+    """The reference Flickr8k model installed with the package (see README, Results)."""
+    from importlib.resources import files
+
+    return Path(str(files("captioner") / "reference"))
+
+
+def load_run(directory: str | Path | None = None) -> Run:
+    """Reads a run directory (None: the shipped model); raises RunError naming what is missing."""
+    directory = Path(directory) if directory is not None else shipped_run_dir()
     if not directory.is_dir():
         raise RunError(f"{directory}: run directory not found")
+    has_model = (directory / MODEL_FILE).is_file() or (directory / WEIGHTS_FILE).is_file()
     for name in (RUN_FILE, VOCABULARY_FILE, MODEL_FILE):
-        if not (directory / name).is_file():
+        if not (directory / name).is_file() and not (name == MODEL_FILE and has_model):
             raise RunError(
                 f"{directory}: no {name} here: not a finished training run "
                 "(train one with `captioner train`)"
