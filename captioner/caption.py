@@ -16,7 +16,7 @@ class CaptionResult:
 
 
 def caption_images(
-    run_dir: str | Path | None,
+    run_dirs: list[str | Path] | None,
     image_paths: list[str | Path],
     decode: DecodeConfig | None = None,
     batch_size: int = 16,
@@ -24,8 +24,8 @@ def caption_images(
     """Captions each photo (folders are expanded to the images in them).
 
     Args:
-        run_dir: a directory written by `captioner train` (None: the shipped reference model);
-            its encoder is rebuilt from it.
+        run_dirs: directories written by `captioner train`, one or several (an ensemble);
+            None or empty: the shipped reference model. Their encoder is rebuilt.
         image_paths: files or folders.
         decode: decoding settings; the run's own when None.
     Returns:
@@ -35,16 +35,16 @@ def caption_images(
     from captioner.encoders import build_encoder
     from captioner.features import batches_of_images, make_encode_function
     from captioner.images import find_images
-    from captioner.model import DecoderSteps
-    from captioner.rundir import load_run
+    from captioner.rundir import decoder_steps, load_runs
 
-    run = load_run(run_dir)
+    runs = load_runs(run_dirs)
+    run = runs[0]
     decode = decode or run.config.decode
     paths = find_images(list(image_paths))
     results = [CaptionResult(path, None) for path in paths]
     encoder = run.encoder
     encode = make_encode_function(build_encoder(encoder.name, encoder.weights), batch_size)
-    decoder = make_decoder(DecoderSteps(run.load_model()), len(run.vocabulary), decode)
+    decoder = make_decoder(decoder_steps(runs), len(run.vocabulary), decode)
     for indices, images, errors in batches_of_images(paths, encoder.input_size, batch_size):
         for i, why in errors.items():
             results[i].error = why

@@ -79,7 +79,7 @@ def _load(config_path, assignments, **sections):
     return merge(config, {s: kv for s, kv in given.items() if kv}, "command line")
 
 
-def _decode_config(run_dir, beam, max_length, length_penalty, no_repeat_ngram):
+def _decode_config(run_dirs, beam, max_length, length_penalty, no_repeat_ngram):
     """The run's decoding settings with the command line's on top."""
     from captioner.config import merge
     from captioner.rundir import load_run
@@ -91,7 +91,8 @@ def _decode_config(run_dir, beam, max_length, length_penalty, no_repeat_ngram):
         "no_repeat_ngram": no_repeat_ngram,
     }
     given = {k: v for k, v in given.items() if v is not None}
-    return merge(load_run(run_dir).config, {"decode": given}, "command line").decode
+    run = load_run(run_dirs[0] if run_dirs else None)
+    return merge(run.config, {"decode": given}, "command line").decode
 
 
 @click.group(cls=CaptionerGroup, context_settings=CONTEXT)
@@ -220,17 +221,14 @@ def train(
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option(
-    "--run",
-    "run_dir",
-    type=click.Path(),
-    help="Run directory [default: the reference Flickr8k model shipped with captioner].",
-)
+@click.option("--run", "run_dirs", multiple=True, type=click.Path(),
+              help="Run directory; repeat it to decode with an ensemble "
+              "[default: the reference Flickr8k model shipped with captioner].")  # fmt: skip
 @click.option("--save", type=click.Path(),
               help="Write the photo with its caption under it: a file for one photo, "
               "a folder (PHOTO.captioned.png in it) for several.")  # fmt: skip
 @decode_options
-def caption(images, run_dir, save, beam, max_length, length_penalty, no_repeat_ngram):
+def caption(images, run_dirs, save, beam, max_length, length_penalty, no_repeat_ngram):
     """Caption photos (files, or folders of them), greedy unless --beam is given.
 
     \b
@@ -239,9 +237,9 @@ def caption(images, run_dir, save, beam, max_length, length_penalty, no_repeat_n
     """
     from captioner.caption import caption_images
 
-    decode = _decode_config(run_dir, beam, max_length, length_penalty, no_repeat_ngram)
+    decode = _decode_config(run_dirs, beam, max_length, length_penalty, no_repeat_ngram)
     failures = 0
-    for result in caption_images(run_dir, list(images), decode):
+    for result in caption_images(list(run_dirs), list(images), decode):
         if result.caption is None:
             failures += 1
             click.echo(f"{result.path}: cannot read this image ({result.error})", err=True)
@@ -259,12 +257,9 @@ def caption(images, run_dir, save, beam, max_length, length_penalty, no_repeat_n
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option(
-    "--run",
-    "run_dir",
-    type=click.Path(),
-    help="Run directory [default: the reference Flickr8k model shipped with captioner].",
-)
+@click.option("--run", "run_dirs", multiple=True, type=click.Path(),
+              help="Run directory; repeat it to decode with an ensemble "
+              "[default: the reference Flickr8k model shipped with captioner].")  # fmt: skip
 @click.option(
     "--split",
     type=click.Choice(["train", "dev", "test"]),
@@ -282,7 +277,7 @@ def caption(images, run_dir, save, beam, max_length, length_penalty, no_repeat_n
     help="Also write an HTML page with the scores and sample captions beside photos.",
 )
 @decode_options
-def evaluate(run_dir, split, data, features, report, beam, max_length, length_penalty,
+def evaluate(run_dirs, split, data, features, report, beam, max_length, length_penalty,
              no_repeat_ngram):  # fmt: skip
     """Caption every image of a split; print corpus BLEU-1..4 and CIDEr-D.
 
@@ -292,8 +287,8 @@ def evaluate(run_dir, split, data, features, report, beam, max_length, length_pe
     """
     from captioner.evaluate import evaluate as evaluate_run
 
-    decode = _decode_config(run_dir, beam, max_length, length_penalty, no_repeat_ngram)
-    result = evaluate_run(run_dir, split, decode, data, features)
+    decode = _decode_config(run_dirs, beam, max_length, length_penalty, no_repeat_ngram)
+    result = evaluate_run(list(run_dirs), split, decode, data, features)
     mode = "greedy" if decode.beam_size <= 1 else (
         f"beam {decode.beam_size}, length penalty {decode.length_penalty}, "
         f"no-repeat n-gram {decode.no_repeat_ngram or 'off'}")  # fmt: skip
@@ -305,7 +300,9 @@ def evaluate(run_dir, split, data, features, report, beam, max_length, length_pe
     if report:
         from captioner.report import write_report
 
-        click.echo(f"report -> {write_report(result, report, run_dir or 'reference model')}")
+        click.echo(
+            f"report -> {write_report(result, report, ', '.join(run_dirs) or 'reference model')}"
+        )
 
 
 @cli.command(context_settings=CONTEXT)

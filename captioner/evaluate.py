@@ -26,7 +26,7 @@ def decoding_name(decode: DecodeConfig) -> str:
 
 
 def evaluate(
-    run_dir: str | Path | None,
+    run_dirs: list[str | Path] | None,
     split: str = "test",
     decode: DecodeConfig | None = None,
     data_root: str | Path | None = None,
@@ -35,23 +35,25 @@ def evaluate(
     """Captions every image of `split` from cached features; scores them against all references.
 
     Args:
-        run_dir: a directory written by `captioner train` (None: the shipped reference model).
+        run_dirs: directories written by `captioner train`, one or several (an ensemble);
+            None or empty: the shipped reference model.
         split: train, dev or test.
         decode: decoding settings; the run's own when None.
         data_root, features_path: default to those the run was trained on.
     Returns:
-        The scores; the captions, references and per-image BLEU-4 go to a JSON file in run_dir.
+        The scores; captions, references and per-image scores go to a JSON file in the first
+        run directory (the current folder for the shipped model).
     """
     from captioner.data import load_dataset
     from captioner.decode import make_decoder
     from captioner.features import default_cache_path, load_feature_cache
     from captioner.metrics import cider_d, corpus_bleu_scores, sentence_bleu4
-    from captioner.model import DecoderSteps
-    from captioner.rundir import load_run, write_json
+    from captioner.rundir import decoder_steps, load_runs, write_json
     from captioner.text import clean_caption
 
     start = time.perf_counter()
-    run = load_run(run_dir)
+    runs = load_runs(run_dirs)
+    run = runs[0]
     decode = decode or run.config.decode
     data_root = data_root or run.info["data"]
     dataset = load_dataset(data_root)
@@ -65,7 +67,7 @@ def evaluate(
     arrays = caption_arrays(
         dataset, split, cache, run.vocabulary, run.config.text.max_caption_words
     )
-    decoder = make_decoder(DecoderSteps(run.load_model()), len(run.vocabulary), decode)
+    decoder = make_decoder(decoder_steps(runs), len(run.vocabulary), decode)
     hypotheses = [run.vocabulary.decode(row) for row in decoder(arrays.features)]
     references = [[clean_caption(c) for c in dataset.captions[n]] for n in arrays.names]
     scores = corpus_bleu_scores(references, hypotheses)
@@ -81,7 +83,8 @@ def evaluate(
         for name, words, refs, cider in zip(arrays.names, hypotheses, references, image_cider)
     ]
     # The shipped model's folder may be read-only: its results go to the current folder.
-    captions_path = Path(run_dir or ".") / f"captions-{split}-{decoding_name(decode)}.json"
+    name = f"captions-{split}-{decoding_name(decode)}{'-ensemble' if len(runs) > 1 else ''}.json"
+    captions_path = Path(run_dirs[0] if run_dirs else ".") / name
     write_json(
         captions_path,
         {"split": split, "decoding": decode.__dict__, "scores": scores, "images": per_image},

@@ -63,3 +63,31 @@ class DecoderSteps:
         for layer in self._head:
             output = layer(output)
         return tf.nn.log_softmax(tf.cast(output, tf.float32)), state
+
+
+class EnsembleSteps:
+    """Several trained decoders decoding together: their word probabilities are averaged at
+    every step, inside greedy or beam search. Members must share the vocabulary."""
+
+    def __init__(self, members: list[DecoderSteps]):
+        self.members = members
+
+    def initial_state(self, features):
+        states = [member.initial_state(features) for member in self.members]
+        self._state_sizes = [len(state) for state in states]  # to split the flat list again
+        return [tensor for state in states for tensor in state]
+
+    def step(self, tokens, state):
+        import math
+
+        import tensorflow as tf
+
+        log_probs, new_state, start = [], [], 0
+        for member, size in zip(self.members, self._state_sizes):
+            member_log_probs, member_state = member.step(tokens, state[start : start + size])
+            log_probs.append(member_log_probs)
+            new_state += member_state
+            start += size
+        # log of the mean probability: logsumexp over members - log(members)
+        mean = tf.reduce_logsumexp(tf.stack(log_probs), axis=0) - math.log(len(self.members))
+        return mean, new_state

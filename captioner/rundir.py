@@ -126,3 +126,23 @@ def load_run(directory: str | Path | None = None) -> Run:
         raise RunError(f"{directory / RUN_FILE}: not a captioner run file ({error})") from None
     vocabulary = Vocabulary.load(directory / VOCABULARY_FILE)
     return Run(directory, config, encoder, vocabulary, data)
+
+
+def load_runs(directories) -> list[Run]:
+    """One run, or several to decode as an ensemble (None or empty: the shipped model)."""
+    runs = [load_run(d) for d in (list(directories or []) or [None])]
+    for run in runs[1:]:
+        if run.vocabulary.words != runs[0].vocabulary.words or run.encoder != runs[0].encoder:
+            raise RunError(
+                f"{run.directory}: an ensemble needs the same vocabulary and encoder as "
+                f"{runs[0].directory}"
+            )
+    return runs
+
+
+def decoder_steps(runs: list[Run]):
+    """The step function of one run's decoder, or of an ensemble of several."""
+    from captioner.model import DecoderSteps, EnsembleSteps
+
+    members = [DecoderSteps(run.load_model()) for run in runs]
+    return members[0] if len(members) == 1 else EnsembleSteps(members)

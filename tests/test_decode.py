@@ -100,3 +100,15 @@ def test_a_batch_gives_the_same_captions_as_each_image_alone(beam_size):
     alone = np.concatenate([decode(features[i : i + 1]) for i in range(len(features))])
     np.testing.assert_array_equal(batch, alone)
     assert len({tuple(row) for row in batch}) > 1  # the images do get different captions
+
+
+def test_an_ensemble_averages_the_members_probabilities():
+    from captioner.model import EnsembleSteps
+
+    sure_a = BigramSteps({START_ID: {A: 0.9, B: 0.1}, A: {END_ID: 1.0}, B: {END_ID: 1.0}})
+    sure_b = BigramSteps({START_ID: {A: 0.2, B: 0.8}, A: {END_ID: 1.0}, B: {END_ID: 1.0}})
+    # Mean probabilities after <start>: a (0.9 + 0.2) / 2 = 0.55, b 0.45.
+    for steps, first in ((sure_b, B), (EnsembleSteps([sure_a, sure_b]), A)):
+        ids, score = make_beam_search(steps, V, 2, 3, length_penalty=0.0)(FEATURES)
+        assert ids.numpy()[0][0] == first
+    assert float(score[0]) == pytest.approx(np.log(0.55), rel=1e-4)
