@@ -18,12 +18,17 @@ format:
 	$(PYTHON) -m ruff format captioner tests scripts
 	$(PYTHON) -m ruff check --fix captioner tests scripts
 
-# The reference model from scratch: extract, train, then dev and test scores, greedy and beam.
+# The reference model from scratch: extract, train two seeds, then dev and test scores of the
+# best single model (seed 1, chosen on dev) and of the two-model ensemble, greedy and beam.
 RUN ?= runs/flickr8k
+DEV_TEST = dev test
 flickr8k:
 	captioner extract --data $(DATA) --encoder efficientnet_lite0
-	captioner train --data $(DATA) --config configs/flickr8k.toml --run-dir $(RUN)
-	captioner evaluate --run $(RUN) --split dev --beam 1
-	captioner evaluate --run $(RUN) --split dev
-	captioner evaluate --run $(RUN) --split test --beam 1
-	captioner evaluate --run $(RUN) --split test
+	captioner train --data $(DATA) --config configs/flickr8k.toml --run-dir $(RUN)-seed0 --seed 0
+	captioner train --data $(DATA) --config configs/flickr8k.toml --run-dir $(RUN)-seed1 --seed 1
+	for split in $(DEV_TEST); do \
+	  captioner evaluate --run $(RUN)-seed1 --split $$split --beam 1 && \
+	  captioner evaluate --run $(RUN)-seed1 --split $$split && \
+	  captioner evaluate --run $(RUN)-seed1 --run $(RUN)-seed0 --split $$split --beam 1 && \
+	  captioner evaluate --run $(RUN)-seed1 --run $(RUN)-seed0 --split $$split || exit 1; \
+	done

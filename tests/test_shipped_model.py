@@ -1,0 +1,38 @@
+"""The reference model installed with the package captions a photo offline, with no run given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from captioner.cli import cli
+
+CAT = Path(__file__).parent / "data" / "chelsea.jpg"
+
+
+def test_shipped_model_captions_a_photo_with_vocabulary_words_and_an_end():
+    from captioner.config import DecodeConfig
+    from captioner.decode import make_decoder
+    from captioner.encoders import build_encoder
+    from captioner.images import load_image
+    from captioner.model import DecoderSteps
+    from captioner.rundir import load_run
+    from captioner.text import END_ID
+
+    run = load_run()  # the shipped one
+    assert run.encoder.name == "efficientnet_lite0" and "provenance" in run.info
+    encoder = build_encoder(run.encoder.name, run.encoder.weights)
+    features = encoder(load_image(CAT, run.encoder.input_size)[None].astype(np.float32)).numpy()
+    steps = DecoderSteps(run.load_model())
+    for beam in (1, 3):
+        ids = make_decoder(steps, len(run.vocabulary), DecodeConfig(beam_size=beam))(features)[0]
+        assert END_ID in ids  # it ends by itself, well before the length limit
+        words = run.vocabulary.decode(ids)
+        assert 3 <= len(words) < 20 and all(w in run.vocabulary.ids for w in words)
+
+    result = CliRunner().invoke(cli, ["caption", str(CAT)])
+    assert result.exit_code == 0, result.output
+    path, caption = result.output.strip().split("\t")
+    assert path == str(CAT) and caption.split()[0] in run.vocabulary.ids
