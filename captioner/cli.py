@@ -215,7 +215,7 @@ def train(
     click.echo(
         f"trained {s.epochs_run} epochs in {s.seconds:.0f} s on {s.train_captions} "
         f"captions (vocabulary {s.vocabulary_size}); best epoch {s.best_epoch}, "
-        f"val_loss {s.best_val_loss:.4f} -> {s.run_dir}"
+        f"val_loss {s.best_val_loss:.4f}, dev BLEU-4 (greedy) {s.best_val_bleu4:.4f} -> {s.run_dir}"
     )
 
 

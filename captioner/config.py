@@ -57,7 +57,10 @@ class TrainConfig:
     lr_factor: float = 0.5
     lr_patience: int = 1
     min_learning_rate: float = 1e-5
-    early_stopping_patience: int = 4  # epochs without a better validation loss; 0 turns it off
+    early_stopping_patience: int = 4  # epochs without a better selection score; 0 turns it off
+    # Which epoch's weights become model.keras (and what early stopping watches): the lowest
+    # dev loss, or the highest dev BLEU-4 of greedy captions (val_bleu4 is logged either way).
+    select_by: str = "val_loss"
     seed: int = 0
     # "float32", or "mixed_float16" (GPUs) / "mixed_bfloat16" (GPUs and CPUs with AVX512-BF16):
     # compute in 16 bits, keep weights and the softmax in 32.
@@ -66,9 +69,11 @@ class TrainConfig:
     jit_compile: bool = False
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            valid = ", ".join(PRECISIONS)
-            raise ConfigError(f"train.precision: {self.precision!r} is not one of {valid}")
+        for name, valid in (("precision", PRECISIONS), ("select_by", ("val_loss", "val_bleu4"))):
+            if getattr(self, name) not in valid:
+                raise ConfigError(
+                    f"train.{name}: {getattr(self, name)!r} is not one of {', '.join(valid)}"
+                )
 
 
 @dataclass(frozen=True)

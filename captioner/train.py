@@ -117,21 +117,48 @@ class TrainSummary:
     epochs_run: int
     best_epoch: int
     best_val_loss: float
+    best_val_bleu4: float
     vocabulary_size: int
     train_captions: int
     seconds: float
 
 
-def _run_callbacks(run_dir: Path, config: TrainConfig):
-    """Checkpoints (best and last, atomically), LR schedule, early stopping, logs."""
+def dev_bleu4_function(model, arrays: CaptionArrays, dataset: Dataset, vocabulary, max_words):
+    """Returns f() -> corpus BLEU-4 of greedy captions for the dev images, with the model's
+    current weights (the decoder is compiled once and reads the live variables)."""
+    from captioner.config import DecodeConfig
+    from captioner.decode import make_decoder
+    from captioner.metrics import corpus_bleu_scores
+    from captioner.model import DecoderSteps
+
+    decode = make_decoder(
+        DecoderSteps(model), len(vocabulary), DecodeConfig(beam_size=1, max_length=max_words)
+    )
+    references = [[clean_caption(c) for c in dataset.captions[n]] for n in arrays.names]
+
+    def bleu4() -> float:
+        hypotheses = [vocabulary.decode(row) for row in decode(arrays.features)]
+        return corpus_bleu_scores(references, hypotheses)["BLEU-4"]
+
+    return bleu4
+
+
+def _run_callbacks(run_dir: Path, config: TrainConfig, dev_bleu4):
+    """Dev BLEU, checkpoints (best and last, atomically), LR schedule, early stopping, logs."""
     import keras
 
     from captioner.rundir import HISTORY_FILE, LAST_FILE, MODEL_FILE, save_keras_model, write_json
 
+    monitor, mode = config.select_by, "min" if config.select_by == "val_loss" else "max"
+
+    class DevBleu(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_bleu4"] = dev_bleu4()  # in place: the callbacks after this one see it
+
     class RunDirectoryCheckpoint(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.best = float("inf")
+            self.best = None
             self.history: list[dict[str, float]] = []
 
         def on_epoch_end(self, epoch, logs=None):
@@ -139,13 +166,15 @@ def _run_callbacks(run_dir: Path, config: TrainConfig):
             logs["learning_rate"] = float(self.model.optimizer.learning_rate)
             self.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
             save_keras_model(self.model, run_dir / LAST_FILE)
-            if logs["val_loss"] < self.best:
-                self.best = logs["val_loss"]
+            score = logs[monitor]
+            if self.best is None or (score < self.best if mode == "min" else score > self.best):
+                self.best = score
                 save_keras_model(self.model, run_dir / MODEL_FILE)
             write_json(run_dir / HISTORY_FILE, self.history)
             plot_history(self.history, run_dir / "loss.png")
 
     callbacks = [
+        DevBleu(),
         keras.callbacks.TensorBoard(str(run_dir / "logs")),
         keras.callbacks.ReduceLROnPlateau(
             "val_loss",
@@ -158,7 +187,9 @@ def _run_callbacks(run_dir: Path, config: TrainConfig):
     ]
     if config.early_stopping_patience > 0:
         callbacks.append(
-            keras.callbacks.EarlyStopping("val_loss", patience=config.early_stopping_patience)
+            keras.callbacks.EarlyStopping(
+                monitor, patience=config.early_stopping_patience, mode=mode
+            )
         )
     return callbacks
 
@@ -215,22 +246,27 @@ def train(
     try:
         model = build_decoder(config.model, len(vocabulary), cache.feature_dim)
         compile_decoder(model, config.train)
+        dev_bleu4 = dev_bleu4_function(
+            model, dev_arrays, dataset, vocabulary, text.max_caption_words
+        )
         history = model.fit(
             make_batches(train_arrays, config.train.batch_size, True, config.train.seed),
             validation_data=make_batches(dev_arrays, config.train.batch_size, False),
             epochs=config.train.epochs,
-            callbacks=_run_callbacks(run_dir, config.train),
+            callbacks=_run_callbacks(run_dir, config.train, dev_bleu4),
             verbose=1 if progress else 0,
         )
     finally:  # the policy is global: leave the process as it was for decoding
         keras.mixed_precision.set_global_policy("float32")
-    val_losses = history.history["val_loss"]
-    best = int(np.argmin(val_losses))
+    logs = history.history
+    scores = logs[config.train.select_by]
+    best = int(np.argmin(scores) if config.train.select_by == "val_loss" else np.argmax(scores))
     return TrainSummary(
         run_dir,
-        len(val_losses),
+        len(scores),
         best + 1,
-        float(val_losses[best]),
+        float(logs["val_loss"][best]),
+        float(logs["val_bleu4"][best]),
         len(vocabulary),
         len(train_arrays.inputs),
         time.perf_counter() - start,

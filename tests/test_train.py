@@ -102,8 +102,33 @@ def test_mixed_precision_trains_and_leaves_float32_behind(flickr8k_data, tmp_pat
     assert summary.epochs_run == 2 and np.isfinite(summary.best_val_loss)
     assert keras.mixed_precision.global_policy().name == "float32"
     history = json.loads((tmp_path / "run" / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2] and history[0]["learning_rate"] == pytest.approx(
-        1e-3
-    )
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0]["learning_rate"] == pytest.approx(1e-3)
+    assert all(0 <= h["val_bleu4"] <= 1 for h in history)  # dev BLEU-4 logged every epoch
     for name in ("loss.png", "training.csv", "logs"):
         assert (tmp_path / "run" / name).exists(), name
+
+
+def test_the_best_epoch_can_be_chosen_by_dev_bleu(flickr8k_data, tmp_path):
+    from captioner.features import extract_features
+    from captioner.train import train
+    from tests.conftest import TINY_ENCODER
+
+    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY_ENCODER, "none", 64, progress=False)
+    config = merge(Config(), {
+        "model": {"units": 32, "embedding_dim": 16, "dropout": 0.0},
+        "text": {"min_word_count": 1},
+        "train": {"epochs": 6, "select_by": "val_bleu4", "learning_rate": 0.01},
+    })  # fmt: skip
+    summary = train(flickr8k_data, tmp_path / "f.pkl", tmp_path / "run", config, progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    bleu = [h["val_bleu4"] for h in history]
+    assert summary.best_epoch == 1 + bleu.index(max(bleu))
+    assert summary.best_val_bleu4 == pytest.approx(max(bleu))
+
+
+def test_unknown_selection_is_a_config_error():
+    from captioner.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.select_by: 'bleu' is not one of"):
+        merge(Config(), {"train": {"select_by": "bleu"}})
