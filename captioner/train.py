@@ -7,7 +7,6 @@ only to their own longest caption, so little LSTM work is spent on padding.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +146,7 @@ def _run_callbacks(run_dir: Path, config: TrainConfig, dev_bleu4):
     """Dev BLEU, checkpoints (best and last, atomically), LR schedule, early stopping, logs."""
     import keras
 
+    from captioner.report import plot_history
     from captioner.rundir import HISTORY_FILE, LAST_FILE, MODEL_FILE, save_keras_model, write_json
 
     monitor, mode = config.select_by, "min" if config.select_by == "val_loss" else "max"
@@ -271,32 +271,3 @@ def train(
         len(train_arrays.inputs),
         time.perf_counter() - start,
     )
-
-
-def plot_history(history: list[dict[str, float]], path: Path) -> None:
-    """loss.png: training and validation loss per epoch, and the learning rate beside them."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no window
-    import matplotlib.pyplot as plt
-
-    from captioner.files import write_atomic
-
-    epochs = [h["epoch"] for h in history]
-    figure, loss_axis = plt.subplots(figsize=(7, 4), dpi=100)
-    loss_axis.plot(epochs, [h["loss"] for h in history], "o-", label="training loss")
-    loss_axis.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation loss")
-    loss_axis.set_xlabel("epoch")
-    loss_axis.set_ylabel("cross-entropy per word")
-    rate_axis = loss_axis.twinx()
-    rate_axis.plot(epochs, [h["learning_rate"] for h in history], "k:", label="learning rate")
-    rate_axis.set_yscale("log")
-    rate_axis.set_ylabel("learning rate")
-    lines = loss_axis.get_legend_handles_labels()
-    rates = rate_axis.get_legend_handles_labels()
-    loss_axis.legend(lines[0] + rates[0], lines[1] + rates[1], loc="upper right")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    write_atomic(path, buffer.getvalue())
