@@ -253,6 +253,7 @@ def train(
             make_batches(train_arrays, config.train.batch_size, True, config.train.seed),
             validation_data=make_batches(dev_arrays, config.train.batch_size, False),
             epochs=config.train.epochs,
+            shuffle=False,  # tf.data shuffles (seeded); Keras cannot shuffle a Dataset anyway
             callbacks=_run_callbacks(run_dir, config.train, dev_bleu4),
             verbose=1 if progress else 0,
         )
