@@ -5,6 +5,7 @@ sizes 256 and 256, each variant in its own process (so that peak memory is its o
   ours       teacher forcing on whole captions, length-bucketed tf.data batches of 64 captions,
              sparse targets with padding weighted 0; vocabulary: training words seen >= 5 times
   ours-full  the same with (b)'s vocabulary (every training word)
+  *-bf16     (with --with-bf16) the same in mixed bfloat16 (train.precision=mixed_bfloat16)
   classic    every caption expanded into all its prefixes, each padded to the longest caption,
              one-hot targets, categorical cross-entropy, batches of 64 captions' prefixes from a
              Python generator, the seeds' merge model; vocabulary: every training word.
@@ -42,7 +43,7 @@ def load(data: str, features: str, min_count: int):
     return caption_arrays(dataset, "train", cache, vocabulary, 40), len(vocabulary)
 
 
-def run_ours(data: str, features: str, min_count: int) -> dict:
+def run_ours(data: str, features: str, min_count: int, precision: str = "float32") -> dict:
     import keras
 
     from captioner.config import ModelConfig, TrainConfig
@@ -51,6 +52,7 @@ def run_ours(data: str, features: str, min_count: int) -> dict:
 
     arrays, vocabulary_size = load(data, features, min_count)
     keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy(precision)
     model = build_decoder(ModelConfig(SIZE, SIZE, 0.5), vocabulary_size, arrays.features.shape[1])
     compile_decoder(model, TrainConfig(batch_size=BATCH))
     batches = make_batches(arrays, BATCH, shuffle=True)
@@ -111,7 +113,9 @@ def child(args) -> None:
     if args.variant == "classic":
         result = run_classic(args.data, args.features, args.classic_steps)
     else:
-        result = run_ours(args.data, args.features, 5 if args.variant == "ours" else 1)
+        precision = "mixed_bfloat16" if args.variant.endswith("-bf16") else "float32"
+        vocabulary_rule = 1 if args.variant.startswith("ours-full") else 5
+        result = run_ours(args.data, args.features, vocabulary_rule, precision)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
@@ -123,12 +127,17 @@ def main():
     parser.add_argument("--data", default="../shared/flickr8k")
     parser.add_argument("--features", default="data/flickr8k-efficientnet_lite0.pkl")
     parser.add_argument("--classic-steps", type=int, default=20)
+    parser.add_argument("--with-bf16", action="store_true",
+                        help="also time ours with train.precision=mixed_bfloat16")  # fmt: skip
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # set in the child processes
     args = parser.parse_args()
     if args.variant:
         return child(args)
     results = {}
-    for variant in ("ours", "ours-full", "classic"):
+    variants = ["ours", "ours-full", "classic"]
+    if args.with_bf16:
+        variants[2:2] = ["ours-bf16", "ours-full-bf16"]
+    for variant in variants:
         command = [sys.executable, __file__, "--variant", variant, "--data", args.data,
                    "--features", args.features,
                    "--classic-steps", str(args.classic_steps)]  # fmt: skip
@@ -137,14 +146,18 @@ def main():
         print(f"{variant}: {results[variant]}", flush=True)
     print(f"Flickr8k train split, embedding/LSTM {SIZE}/{SIZE}, batches of {BATCH} captions, "
           f"{os.cpu_count()} CPUs")  # fmt: skip
-    print(f"{'variant':10} {'vocab':>6} {'samples/epoch':>14} {'s/epoch':>8} {'peak RSS MB':>12}"
+    print(f"{"variant":14} {'vocab':>6} {'samples/epoch':>14} {'s/epoch':>8} {'peak RSS MB':>12}"
           "  measured")  # fmt: skip
     for name, r in results.items():
-        print(f"{name:10} {r['vocabulary']:6d} {r['samples']:14,d} {r['seconds']:8.1f} "
+        print(f"{name:14} {r['vocabulary']:6d} {r['samples']:14,d} {r['seconds']:8.1f} "
               f"{r['peak_rss_mb']:12.0f}  {r['measured']}")  # fmt: skip
     classic = results["classic"]["seconds"]
-    for name, label in (("ours", "recipe against recipe"), ("ours-full", "same vocabulary")):
-        print(f"speed-up, {label} ({name} vs classic): {classic / results[name]['seconds']:.1f}x")
+    for name in results:
+        if name != "classic":
+            label = "same vocabulary" if name.startswith("ours-full") else "recipe against recipe"
+            print(
+                f"speed-up, {label} ({name} vs classic): {classic / results[name]['seconds']:.1f}x"
+            )
 
 
 if __name__ == "__main__":
