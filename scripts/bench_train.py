@@ -146,7 +146,7 @@ def main():
         print(f"{variant}: {results[variant]}", flush=True)
     print(f"Flickr8k train split, embedding/LSTM {SIZE}/{SIZE}, batches of {BATCH} captions, "
           f"{os.cpu_count()} CPUs")  # fmt: skip
-    print(f"{"variant":14} {'vocab':>6} {'samples/epoch':>14} {'s/epoch':>8} {'peak RSS MB':>12}"
+    print(f"{'variant':14} {'vocab':>6} {'samples/epoch':>14} {'s/epoch':>8} {'peak RSS MB':>12}"
           "  measured")  # fmt: skip
     for name, r in results.items():
         print(f"{name:14} {r['vocabulary']:6d} {r['samples']:14,d} {r['seconds']:8.1f} "
