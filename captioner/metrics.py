@@ -9,6 +9,7 @@ punctuation, one-letter words kept).
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 
 BLEU_WEIGHTS = {
@@ -27,7 +28,9 @@ def corpus_bleu_scores(
 
     if len(references) != len(hypotheses):
         raise ValueError("one list of references per hypothesis is needed")
-    scores = corpus_bleu(references, hypotheses, weights=list(BLEU_WEIGHTS.values()))
+    with warnings.catch_warnings():  # nltk warns whenever an n-gram order has no match: 0 is
+        warnings.simplefilter("ignore", UserWarning)  # the right corpus score then, not an error
+        scores = corpus_bleu(references, hypotheses, weights=list(BLEU_WEIGHTS.values()))
     return {name: float(score) for name, score in zip(BLEU_WEIGHTS, scores)}
 
 
