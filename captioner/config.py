@@ -45,6 +45,9 @@ class ModelConfig:
     embedding_dim: int = 256
     units: int = 256  # LSTM width; the image is projected to this size to start the LSTM
     dropout: float = 0.5
+    # The Dense + ReLU layer between the LSTM and the logits (the classic Keras design); off
+    # gives the plain Show-and-Tell head, LSTM -> logits.
+    hidden_layer: bool = True
 
 
 @dataclass(frozen=True)

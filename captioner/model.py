@@ -2,7 +2,7 @@
 
     image (B, D) -> BatchNorm -> Dense(units, relu) -> Dense(units, tanh) = h0, Dense(units) = c0
     words (B, T) -> Embedding(V, E) -> Dropout -> LSTM(units, from h0, c0) -> Dropout
-                 -> Dense(units, relu) -> Dense(V) = logits (B, T, V)
+                 -> Dense(units, relu) (model.hidden_layer) -> Dense(V) = logits (B, T, V)
 
 The model outputs logits; the softmax lives in the loss and in decoding (log_softmax), which is
 numerically safer than a softmax layer followed by a log. Layers are named, so `DecoderSteps`
@@ -29,7 +29,8 @@ def build_decoder(config: ModelConfig, vocabulary_size: int, feature_dim: int):
     x = layers.Dropout(config.dropout, name="embedding_dropout")(x)
     x = layers.LSTM(config.units, return_sequences=True, name="lstm")(x, initial_state=[h0, c0])
     x = layers.Dropout(config.dropout, name="lstm_dropout")(x)
-    x = layers.Dense(config.units, activation="relu", name="hidden")(x)
+    if config.hidden_layer:
+        x = layers.Dense(config.units, activation="relu", name="hidden")(x)
     # float32 even under a mixed-precision policy: the softmax needs the range.
     logits = layers.Dense(vocabulary_size, name="logits", dtype="float32")(x)
     return keras.Model([features, words], logits, name="captioner_decoder")
@@ -44,7 +45,8 @@ class DecoderSteps:
         self._image = [get("image_norm"), get("image_projection")]
         self._initial = (get("initial_h"), get("initial_c"))
         self._embedding, self._cell = get("embedding"), get("lstm").cell
-        self._head = [get("hidden"), get("logits")]
+        names = {layer.name for layer in model.layers}
+        self._head = [get(name) for name in ("hidden", "logits") if name in names]
         self.vocabulary_size = get("logits").units
 
     def initial_state(self, features):

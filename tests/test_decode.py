@@ -112,3 +112,24 @@ def test_an_ensemble_averages_the_members_probabilities():
         ids, score = make_beam_search(steps, V, 2, 3, length_penalty=0.0)(FEATURES)
         assert ids.numpy()[0][0] == first
     assert float(score[0]) == pytest.approx(np.log(0.55), rel=1e-4)
+
+
+@pytest.mark.parametrize("hidden_layer", [True, False])
+def test_step_by_step_decoding_runs_the_trained_model_exactly(hidden_layer):
+    """Greedy words fed back through the whole-sequence model are its arg-max at every step."""
+    import keras
+
+    from captioner.model import DecoderSteps, build_decoder
+
+    keras.utils.set_random_seed(2)
+    config = ModelConfig(embedding_dim=8, units=16, dropout=0.0, hidden_layer=hidden_layer)
+    model = build_decoder(config, 30, 12)
+    features = np.random.RandomState(1).normal(size=(4, 12)).astype(np.float32) * 3
+    ids = make_greedy_search(DecoderSteps(model), 30, max_length=6, suppress_unk=False)(features)
+    for vector, row in zip(features, ids.numpy()):
+        words = [int(w) for w in row if w != 0]  # the caption, with <end> if it was reached
+        logits = model([vector[None], np.array([[START_ID, *words[:-1]]])], training=False)
+        logits = logits.numpy()[0]
+        logits[:, [0, START_ID]] = -np.inf  # never generated
+        logits[0, END_ID] = -np.inf  # nor <end> as the first word
+        assert list(logits.argmax(-1)) == words
