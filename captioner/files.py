@@ -8,8 +8,14 @@ import pickle
 import tempfile
 from pathlib import Path
 
+# The umask can only be read by setting it; read once at import, before any threads start.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def usual_permissions(path: str | Path) -> None:
+    """Gives a mkstemp file (0600) the permissions a plain open() would have."""
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
@@ -21,7 +27,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        usual_permissions(temporary)
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()

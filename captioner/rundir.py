@@ -20,7 +20,7 @@ import numpy as np
 
 from captioner.config import Config, config_from_dict
 from captioner.errors import RunError
-from captioner.files import write_atomic
+from captioner.files import usual_permissions, write_atomic
 from captioner.text import Vocabulary
 
 RUN_FORMAT = "captioner-run/1"
@@ -69,7 +69,7 @@ def save_keras_model(model, path: str | Path) -> None:
     os.close(handle)
     try:
         model.save(temporary)
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600
+        usual_permissions(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
