@@ -68,7 +68,7 @@ class TrainConfig:
     # "float32", or "mixed_float16" (GPUs) / "mixed_bfloat16" (GPUs and CPUs with AVX512-BF16):
     # compute in 16 bits, keep weights and the softmax in 32.
     precision: str = "float32"
-    # XLA compilation of the training step: measured 30% slower on a 2-core CPU, so off.
+    # XLA compilation of the training step: measured no faster on a 2-core CPU (README), so off.
     jit_compile: bool = False
 
     def __post_init__(self):
