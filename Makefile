@@ -19,7 +19,8 @@ format:
 	$(PYTHON) -m ruff check --fix captioner tests scripts
 
 # The reference model from scratch: extract, train two seeds, then dev and test scores of the
-# best single model (seed 1, chosen on dev) and of the two-model ensemble, greedy and beam.
+# best single model (seed 1, chosen on dev) and of the two-model ensemble, greedy and beam
+# (the beam settings come from configs/flickr8k.toml, chosen with scripts/tune_decoding.py).
 RUN ?= runs/flickr8k
 DEV_TEST = dev test
 flickr8k:
