@@ -22,7 +22,7 @@ def test_shipped_model_captions_a_photo_with_vocabulary_words_and_an_end():
     from captioner.text import END_ID
 
     run = load_run()  # the shipped one
-    assert run.encoder.name == "efficientnet_lite0" and "provenance" in run.info
+    assert run.encoder.name == "efficientnet_lite1" and "provenance" in run.info
     encoder = build_encoder(run.encoder.name, run.encoder.weights)
     features = encoder(load_image(CAT, run.encoder.input_size)[None].astype(np.float32)).numpy()
     steps = DecoderSteps(run.load_model())
