@@ -19,6 +19,9 @@ from captioner.errors import CacheError, DataError
 from captioner.features import FeatureCache, load_feature_cache
 from captioner.text import Vocabulary, build_vocabulary, clean_caption, teacher_forcing_arrays
 
+# train.select_by -> which way is better, for the checkpoint, early stopping and the summary.
+_SELECT_MODE = {"val_loss": "min", "val_bleu4": "max"}
+
 # Batches hold captions whose lengths (words + 1) fall between the same boundaries.
 _LENGTH_BOUNDARIES = [8, 10, 12, 14, 17, 21]
 
@@ -149,7 +152,7 @@ def _run_callbacks(run_dir: Path, config: TrainConfig, dev_bleu4):
     from captioner.report import plot_history
     from captioner.rundir import HISTORY_FILE, LAST_FILE, MODEL_FILE, save_keras_model, write_json
 
-    monitor, mode = config.select_by, "min" if config.select_by == "val_loss" else "max"
+    monitor, mode = config.select_by, _SELECT_MODE[config.select_by]
 
     class DevBleu(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -261,7 +264,9 @@ def train(
         keras.mixed_precision.set_global_policy("float32")
     logs = history.history
     scores = logs[config.train.select_by]
-    best = int(np.argmin(scores) if config.train.select_by == "val_loss" else np.argmax(scores))
+    best = int(
+        np.argmin(scores) if _SELECT_MODE[config.train.select_by] == "min" else np.argmax(scores)
+    )
     return TrainSummary(
         run_dir,
         len(scores),

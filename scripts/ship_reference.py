@@ -23,10 +23,13 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "captioner" / "reference"
 SIZE_LIMIT_MB = 25
 
 
-def ship(run: Path, folder: Path, provenance: dict, decode: dict) -> dict:
-    """Writes run's weights (float16), vocabulary and run.json into folder; returns run.json."""
+def ship(run: Path, folder: Path, provenance: dict, decode: dict, ensemble=()) -> None:
+    """Writes run's weights (float16), vocabulary and run.json into folder; `ensemble` names
+    the member folders decoded with it."""
     info = json.loads((run / "run.json").read_text())
     info["provenance"] = provenance
+    if ensemble:
+        info["ensemble"] = list(ensemble)
     info["config"]["decode"].update(decode)  # the decoding chosen on the dev split
     # Paths of the machine it was trained on mean nothing elsewhere.
     info["data"], info["features"] = "flickr8k", f"flickr8k-{info['encoder']['name']}.pkl"
@@ -37,7 +40,6 @@ def ship(run: Path, folder: Path, provenance: dict, decode: dict) -> dict:
     weights = {f"w{i}": w.astype(np.float16) for i, w in enumerate(model.get_weights())}
     np.savez_compressed(folder / "weights.npz", **weights)
     (folder / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-    return info
 
 
 def main():
@@ -70,10 +72,7 @@ def main():
     members = [f"member{i + 2}" for i in range(len(args.member))]
     for run, folder in zip(args.member, members):
         ship(Path(run), PACKAGE_DIR / folder, provenance, decode)
-    info = ship(Path(args.run), PACKAGE_DIR, provenance, decode)
-    if members:
-        info["ensemble"] = members
-        (PACKAGE_DIR / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    ship(Path(args.run), PACKAGE_DIR, provenance, decode, ensemble=members)
     size = sum(p.stat().st_size for p in PACKAGE_DIR.rglob("*") if p.is_file()) / 2**20
     print(f"shipped {provenance['runs']} -> {PACKAGE_DIR} ({size:.1f} MB)")
     if size > SIZE_LIMIT_MB:

@@ -1,6 +1,6 @@
 """Chooses beam search settings on the dev split: scores every combination, best last.
 
-    python scripts/tune_decoding.py --run runs/flickr8k-seed1 [--run runs/flickr8k-seed0]
+    python scripts/tune_decoding.py --run runs/flickr8k-seed0 [--run runs/flickr8k-seed1]
 
 Repeat --run for an ensemble. Only the dev split is read: the test split is scored once, with
 the settings chosen here (`captioner evaluate --split test --beam ... --length-penalty ...`).
