@@ -98,7 +98,7 @@ def _decode_config(run_dirs, beam, max_length, length_penalty, no_repeat_ngram):
 @click.group(cls=CaptionerGroup, context_settings=CONTEXT)
 @click.version_option(package_name="captioner")
 def cli():
-    """Image captioning: a CNN encoder, an LSTM decoder, four commands.
+    """Image captioning: a CNN encoder, an LSTM decoder, a command per stage.
 
     \b
       captioner extract --data ../flickr8k --encoder efficientnet_lite0
@@ -216,6 +216,47 @@ def train(
         f"trained {s.epochs_run} epochs in {s.seconds:.0f} s on {s.train_captions} "
         f"captions (vocabulary {s.vocabulary_size}); best epoch {s.best_epoch}, "
         f"val_loss {s.best_val_loss:.4f}, dev BLEU-4 (greedy) {s.best_val_bleu4:.4f} -> {s.run_dir}"
+    )
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--run", "source_run", required=True, type=click.Path(),
+              help="The run to start from (written by `captioner train`).")  # fmt: skip
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False),
+              help="Where the fine-tuned run goes (a new run directory).")  # fmt: skip
+@click.option("--data", type=click.Path(), help="Dataset folder [default: the run's].")
+@click.option(
+    "--features", type=click.Path(dir_okay=False), help="Feature cache [default: the run's]."
+)
+@click.option(
+    "--epochs", type=click.IntRange(1), help="Most epochs (early stopping may end sooner)."
+)
+@click.option("--learning-rate", type=float, help="Adam's learning rate.")
+@click.option("--seed", type=int, help="Random seed (which captions are sampled).")
+@click.option("--progress/--no-progress", default=True, help="Show progress.")
+@config_options
+def finetune(source_run, run_dir, data, features, epochs, learning_rate, seed, progress,
+             config_path, assignments):  # fmt: skip
+    """Fine-tune a trained run on CIDEr-D by self-critical sequence training.
+
+    Samples captions from the model for each training photo and makes those that score better
+    than the others more likely. Settings: the [finetune] section of --config / --set.
+
+    \b
+      captioner finetune --run runs/flickr8k-seed0 --run-dir runs/flickr8k-seed0-scst
+    """
+    from captioner.finetune import finetune as finetune_run
+
+    config = _load(
+        config_path,
+        assignments,
+        finetune={"epochs": epochs, "learning_rate": learning_rate, "seed": seed},
+    )
+    s = finetune_run(source_run, run_dir, config.finetune, data, features, progress)
+    click.echo(
+        f"fine-tuned {s.epochs_run} epochs in {s.seconds:.0f} s; dev BLEU-4 (greedy) "
+        f"{s.start_val_bleu4:.4f} -> {s.best_val_bleu4:.4f} (epoch {s.best_epoch}), "
+        f"CIDEr-D {s.best_val_cider_d:.4f} -> {s.run_dir}"
     )
 
 

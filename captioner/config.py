@@ -64,6 +64,9 @@ class TrainConfig:
     # Which epoch's weights become model.keras (and what early stopping watches): the lowest
     # dev loss, or the highest dev BLEU-4 of greedy captions (val_bleu4 is logged either way).
     select_by: str = "val_loss"
+    # Targets (1 - e) on the caption's word and e spread over the vocabulary; 0 = plain
+    # cross-entropy. The dev loss is then smoothed the same way.
+    label_smoothing: float = 0.0
     seed: int = 0
     # "float32", or "mixed_float16" (GPUs) / "mixed_bfloat16" (GPUs and CPUs with AVX512-BF16):
     # compute in 16 bits, keep weights and the softmax in 32.
@@ -77,6 +80,29 @@ class TrainConfig:
                 raise ConfigError(
                     f"train.{name}: {getattr(self, name)!r} is not one of {', '.join(valid)}"
                 )
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Self-critical sequence training on CIDEr-D after teacher forcing (`captioner finetune`)."""
+
+    epochs: int = 10
+    learning_rate: float = 5e-5  # well below teacher forcing's: small steps from a good model
+    clipnorm: float = 5.0
+    batch_size: int = 50  # images per step; each gives `samples` sampled captions
+    samples: int = 5
+    # What a sample's reward is compared with: the mean of the image's other samples (Luo 2020;
+    # stabler, no greedy decoding) or the model's greedy caption (Rennie et al. 2017).
+    baseline: str = "samples"
+    max_length: int = 16  # words per sampled caption (Flickr8k's captions average 11)
+    early_stopping_patience: int = 2  # epochs without a better dev score; 0 turns it off
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.baseline not in ("samples", "greedy"):
+            raise ConfigError(f"finetune.baseline: {self.baseline!r} is not one of samples, greedy")
+        if self.baseline == "samples" and self.samples < 2:
+            raise ConfigError("finetune.samples: the samples baseline needs at least 2 samples")
 
 
 @dataclass(frozen=True)
@@ -97,6 +123,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

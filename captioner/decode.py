@@ -36,32 +36,66 @@ def _features_signature():
     return [tf.TensorSpec([None, None], tf.float32)]
 
 
+def _word_by_word(steps, features, max_length, choose, banned, banned_first):
+    """Runs the decoder from the image, taking `choose(log_probs, t)` as each next word, until
+    every row has said <end>. Returns ids (B, max_length), <pad> after <end>. Graph code."""
+    import tensorflow as tf
+
+    state = steps.initial_state(features)
+    batch = tf.shape(features)[0]
+    tokens = tf.fill([batch], START_ID)
+    finished = tf.zeros([batch], tf.bool)
+    output = tf.TensorArray(tf.int32, size=max_length, element_shape=[None])
+    for t in tf.range(max_length):
+        log_probs, state = steps.step(tokens, state)
+        mask = banned_first if t == 0 else banned
+        tokens = choose(log_probs + mask, t)
+        tokens = tf.where(finished, PAD_ID, tokens)
+        output = output.write(t, tokens)
+        finished = finished | tf.equal(tokens, END_ID)
+        if tf.reduce_all(finished):
+            break
+    ids = tf.transpose(output.stack())  # (B, steps run)
+    return tf.pad(ids, [[0, 0], [0, max_length - tf.shape(ids)[1]]])
+
+
 def make_greedy_search(steps, vocabulary_size: int, max_length: int, suppress_unk: bool = True):
     """Returns a compiled f(features (B, D)) -> ids (B, max_length), <pad> after <end>."""
     import tensorflow as tf
 
     banned, banned_first = _banned_masks(vocabulary_size, suppress_unk)
 
+    def most_likely(log_probs, t):
+        return tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+
     @tf.function(input_signature=_features_signature())
     def greedy(features):
-        state = steps.initial_state(features)
-        batch = tf.shape(features)[0]
-        tokens = tf.fill([batch], START_ID)
-        finished = tf.zeros([batch], tf.bool)
-        output = tf.TensorArray(tf.int32, size=max_length, element_shape=[None])
-        for t in tf.range(max_length):
-            log_probs, state = steps.step(tokens, state)
-            mask = banned_first if t == 0 else banned
-            tokens = tf.argmax(log_probs + mask, axis=-1, output_type=tf.int32)
-            tokens = tf.where(finished, PAD_ID, tokens)
-            output = output.write(t, tokens)
-            finished = finished | tf.equal(tokens, END_ID)
-            if tf.reduce_all(finished):
-                break
-        ids = tf.transpose(output.stack())  # (B, steps run)
-        return tf.pad(ids, [[0, 0], [0, max_length - tf.shape(ids)[1]]])
+        return _word_by_word(steps, features, max_length, most_likely, banned, banned_first)
 
     return greedy
+
+
+def make_sampler(
+    steps, vocabulary_size: int, max_length: int, samples: int, suppress_unk: bool = True
+):
+    """Returns a compiled f(features (B, D), seed (2,) int32) -> ids (B * samples, max_length):
+    captions drawn word by word from the model's distribution, `samples` per image (rows
+    image-major). The same seed draws the same captions."""
+    import tensorflow as tf
+
+    banned, banned_first = _banned_masks(vocabulary_size, suppress_unk)
+
+    @tf.function(input_signature=_features_signature() + [tf.TensorSpec([2], tf.int32)])
+    def sample(features, seed):
+        def draw(log_probs, t):
+            step_seed = tf.random.experimental.stateless_fold_in(seed, t)
+            drawn = tf.random.stateless_categorical(log_probs, 1, step_seed, dtype=tf.int32)
+            return drawn[:, 0]
+
+        features = tf.repeat(features, samples, axis=0)
+        return _word_by_word(steps, features, max_length, draw, banned, banned_first)
+
+    return sample
 
 
 def _repeated_ngram_bans(sequences, t, n: int):

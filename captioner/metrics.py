@@ -84,18 +84,36 @@ def _similarity(hypothesis, reference) -> float:
     return total / _CIDER_N
 
 
+class CiderD:
+    """CIDEr-D scorer for one corpus of references: document frequencies and the references'
+    tf-idf vectors are computed once, so that many captions can be scored against them (the
+    corpus score below, and the self-critical reward, which uses the train split's references).
+    """
+
+    def __init__(self, references: list[list[list[str]]]):
+        reference_counts = [[_ngram_counts(r) for r in refs] for refs in references]
+        self._document_frequency = Counter(
+            ngram for counts in reference_counts for ngram in set().union(*counts)
+        )
+        self._log_images = math.log(float(len(references)))
+        self._references = [[self._tfidf(c) for c in counts] for counts in reference_counts]
+
+    def _tfidf(self, counts: Counter):
+        return _tfidf(counts, self._document_frequency, self._log_images)
+
+    def score(self, index: int, hypothesis: list[str]) -> float:
+        """CIDEr-D of one caption against the references of image `index`."""
+        h = self._tfidf(_ngram_counts(hypothesis))
+        references = self._references[index]
+        return 10.0 * sum(_similarity(h, r) for r in references) / len(references)
+
+
 def cider_d(
     references: list[list[list[str]]], hypotheses: list[list[str]]
 ) -> tuple[float, list[float]]:
     """CIDEr-D over a corpus: (the mean, each image's score)."""
-    reference_counts = [[_ngram_counts(r) for r in refs] for refs in references]
-    document_frequency = Counter(
-        ngram for counts in reference_counts for ngram in set().union(*counts)
-    )
-    log_images = math.log(float(len(references)))
-    scores = []
-    for hypothesis, counts in zip(hypotheses, reference_counts):
-        h = _tfidf(_ngram_counts(hypothesis), document_frequency, log_images)
-        total = sum(_similarity(h, _tfidf(c, document_frequency, log_images)) for c in counts)
-        scores.append(10.0 * total / len(counts))
-    return (sum(scores) / len(scores) if scores else 0.0), scores
+    if not references:
+        return 0.0, []
+    scorer = CiderD(references)
+    scores = [scorer.score(i, hypothesis) for i, hypothesis in enumerate(hypotheses)]
+    return sum(scores) / len(scores), scores

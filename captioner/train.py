@@ -96,15 +96,34 @@ def count_batches(arrays: CaptionArrays, batch_size: int) -> int:
     return int(sum(-(-count // batch_size) for count in np.bincount(buckets)))
 
 
+def smoothed_cross_entropy(label_smoothing: float):
+    """Sparse cross-entropy on logits against targets smoothed toward the uniform distribution:
+    (1 - e) * -log p(word) + e * mean over the vocabulary of -log p (Keras' sparse loss has no
+    label_smoothing). The mean is over real words, not over padding too."""
+    import keras
+    from keras import ops
+
+    class SmoothedSparseCrossEntropy(keras.losses.Loss):
+        def call(self, y_true, y_pred):
+            log_p = ops.log_softmax(y_pred, axis=-1)
+            picked = ops.take_along_axis(log_p, ops.expand_dims(ops.cast(y_true, "int32"), -1), -1)
+            uniform = ops.mean(log_p, axis=-1)
+            return -(1.0 - label_smoothing) * picked[..., 0] - label_smoothing * uniform
+
+    return SmoothedSparseCrossEntropy(reduction="mean_with_sample_weight", name="smoothed_xent")
+
+
 def compile_decoder(model, config: TrainConfig) -> None:
     """Adam with gradient clipping; masked sparse cross-entropy on logits; masked accuracy."""
     import keras
 
     optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
-    # mean_with_sample_weight: the loss is the mean over real words, not over padding too.
-    loss = keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, reduction="mean_with_sample_weight"
-    )
+    if config.label_smoothing:
+        loss = smoothed_cross_entropy(config.label_smoothing)
+    else:  # mean_with_sample_weight: the mean over real words, not over padding too.
+        loss = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight"
+        )
     model.compile(
         optimizer=optimizer,
         loss=loss,
@@ -125,12 +144,12 @@ class TrainSummary:
     seconds: float
 
 
-def dev_bleu4_function(model, arrays: CaptionArrays, dataset: Dataset, vocabulary, max_words):
-    """Returns f() -> corpus BLEU-4 of greedy captions for the dev images, with the model's
-    current weights (the decoder is compiled once and reads the live variables)."""
+def dev_scores_function(model, arrays: CaptionArrays, dataset: Dataset, vocabulary, max_words):
+    """Returns f() -> {"BLEU-4", "CIDEr-D"} of greedy captions for the dev images, with the
+    model's current weights (the decoder is compiled once and reads the live variables)."""
     from captioner.config import DecodeConfig
     from captioner.decode import make_decoder
-    from captioner.metrics import corpus_bleu_scores
+    from captioner.metrics import cider_d, corpus_bleu_scores
     from captioner.model import DecoderSteps
 
     decode = make_decoder(
@@ -138,14 +157,15 @@ def dev_bleu4_function(model, arrays: CaptionArrays, dataset: Dataset, vocabular
     )
     references = [[clean_caption(c) for c in dataset.captions[n]] for n in arrays.names]
 
-    def bleu4() -> float:
+    def scores() -> dict[str, float]:
         hypotheses = [vocabulary.decode(row) for row in decode(arrays.features)]
-        return corpus_bleu_scores(references, hypotheses)["BLEU-4"]
+        bleu4 = corpus_bleu_scores(references, hypotheses)["BLEU-4"]
+        return {"BLEU-4": bleu4, "CIDEr-D": cider_d(references, hypotheses)[0]}
 
-    return bleu4
+    return scores
 
 
-def _run_callbacks(run_dir: Path, config: TrainConfig, dev_bleu4):
+def _run_callbacks(run_dir: Path, config: TrainConfig, dev_scores):
     """Dev BLEU, checkpoints (best and last, atomically), LR schedule, early stopping, logs."""
     import keras
 
@@ -156,7 +176,8 @@ def _run_callbacks(run_dir: Path, config: TrainConfig, dev_bleu4):
 
     class DevBleu(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            logs["val_bleu4"] = dev_bleu4()  # in place: the callbacks after this one see it
+            scores = dev_scores()  # into logs in place: the callbacks after this one see them
+            logs["val_bleu4"], logs["val_cider_d"] = scores["BLEU-4"], scores["CIDEr-D"]
 
     class RunDirectoryCheckpoint(keras.callbacks.Callback):
         def __init__(self):
@@ -249,7 +270,7 @@ def train(
     try:
         model = build_decoder(config.model, len(vocabulary), cache.feature_dim)
         compile_decoder(model, config.train)
-        dev_bleu4 = dev_bleu4_function(
+        dev_scores = dev_scores_function(
             model, dev_arrays, dataset, vocabulary, text.max_caption_words
         )
         history = model.fit(
@@ -257,7 +278,7 @@ def train(
             validation_data=make_batches(dev_arrays, config.train.batch_size, False),
             epochs=config.train.epochs,
             shuffle=False,  # tf.data shuffles (seeded); Keras cannot shuffle a Dataset anyway
-            callbacks=_run_callbacks(run_dir, config.train, dev_bleu4),
+            callbacks=_run_callbacks(run_dir, config.train, dev_scores),
             verbose=1 if progress else 0,
         )
     finally:  # the policy is global: leave the process as it was for decoding

@@ -133,3 +133,22 @@ def test_step_by_step_decoding_runs_the_trained_model_exactly(hidden_layer):
         logits[:, [0, START_ID]] = -np.inf  # never generated
         logits[0, END_ID] = -np.inf  # nor <end> as the first word
         assert list(logits.argmax(-1)) == words
+
+
+def test_sampler_draws_words_as_often_as_the_model_says_and_repeats_with_its_seed():
+    import tensorflow as tf
+
+    from captioner.decode import make_sampler
+
+    steps = BigramSteps(
+        {START_ID: {A: 0.75, B: 0.25}, A: {END_ID: 1.0}, B: {C: 1.0}, C: {END_ID: 1.0}}
+    )
+    sample = make_sampler(steps, V, max_length=4, samples=1000)
+    ids = sample(FEATURES, tf.constant([0, 1])).numpy()
+    assert ids.shape == (1000, 4)
+    first_a = ids[:, 0] == A
+    assert 0.70 < first_a.mean() < 0.80  # 0.75 expected; 1,000 draws: sd 0.014
+    assert (ids[first_a] == [A, END_ID, 0, 0]).all()
+    assert (ids[~first_a] == [B, C, END_ID, 0]).all()
+    assert (sample(FEATURES, tf.constant([0, 1])).numpy() == ids).all()
+    assert (sample(FEATURES, tf.constant([0, 2])).numpy() != ids).any()

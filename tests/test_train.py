@@ -132,3 +132,22 @@ def test_unknown_selection_is_a_config_error():
 
     with pytest.raises(ConfigError, match="train.select_by: 'bleu' is not one of"):
         merge(Config(), {"train": {"select_by": "bleu"}})
+
+
+def test_label_smoothing_spreads_the_target_over_the_vocabulary(tiny):
+    from captioner.train import smoothed_cross_entropy
+
+    model, arrays = tiny
+    x, y = arrays.inputs, arrays.targets
+    weights = (y != 0).astype(np.float32)
+    logits = model([arrays.features[ROWS], x], training=False).numpy()
+    log_p = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    e = 0.1
+    target = np.full(log_p.shape, e / V)  # (1 - e) one-hot + e uniform, written out
+    np.put_along_axis(target, y[..., None], 1 - e + e / V, axis=-1)
+    per_word = -(target * log_p).sum(axis=-1)
+    expected = (per_word * weights).sum() / weights.sum()
+    loss = smoothed_cross_entropy(e)(y, logits, sample_weight=weights)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    plain = smoothed_cross_entropy(0.0)(y, logits, sample_weight=weights)
+    assert float(plain) == pytest.approx(float(model.loss(y, logits, sample_weight=weights)))
