@@ -122,9 +122,16 @@ def _default_run_dir(data: str, encoder: str) -> Path:
     help="Cache file to create or extend [default: data/<dataset>-<encoder>.pkl].",
 )
 @click.option("--batch-size", type=click.IntRange(1), help="Images per forward pass.")
+@click.option(
+    "--mirror",
+    is_flag=True,
+    help="Encode the photos flipped left to right, into their own cache "
+    "[default: data/<dataset>-<encoder>-mirrored.pkl], for train.mirror_probability.",
+)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @config_options
-def extract(data, encoder, weights, features, batch_size, progress, config_path, assignments):
+def extract(data, encoder, weights, features, batch_size, mirror, progress, config_path,
+            assignments):  # fmt: skip
     """Encode every captioned photo of a dataset once and cache the feature vectors.
 
     Re-running adds only the photos the cache lacks; unreadable photos are listed and skipped.
@@ -139,7 +146,7 @@ def extract(data, encoder, weights, features, batch_size, progress, config_path,
         assignments,
         encoder={"name": encoder, "weights": weights, "batch_size": batch_size},
     )
-    cache = features or default_cache_path(data, config.encoder.name)
+    cache = features or default_cache_path(data, config.encoder.name, mirror)
     summary = extract_features(
         data,
         cache,
@@ -147,6 +154,7 @@ def extract(data, encoder, weights, features, batch_size, progress, config_path,
         config.encoder.weights,
         config.encoder.batch_size,
         progress,
+        mirror,
     )
     click.echo(
         f"encoded {summary.encoded} images ({summary.already_cached} already cached) "
@@ -165,6 +173,12 @@ def extract(data, encoder, weights, features, batch_size, progress, config_path,
     help="Feature cache [default: data/<dataset>-<encoder>.pkl].",
 )
 @click.option(
+    "--mirrored-features",
+    type=click.Path(dir_okay=False),
+    help="Cache of `extract --mirror`, used if train.mirror_probability > 0 "
+    "[default: data/<dataset>-<encoder>-mirrored.pkl].",
+)
+@click.option(
     "--run-dir",
     type=click.Path(file_okay=False),
     help="Where the model goes [default: runs/<dataset>-<encoder>].",
@@ -181,6 +195,7 @@ def train(
     data,
     encoder,
     features,
+    mirrored_features,
     run_dir,
     epochs,
     batch_size,
@@ -211,7 +226,7 @@ def train(
     )
     features = features or default_cache_path(data, config.encoder.name)
     run_dir = run_dir or _default_run_dir(data, config.encoder.name)
-    s = train_decoder(data, features, run_dir, config, progress)
+    s = train_decoder(data, features, run_dir, config, progress, mirrored_features)
     click.echo(
         f"trained {s.epochs_run} epochs in {s.seconds:.0f} s on {s.train_captions} "
         f"captions (vocabulary {s.vocabulary_size}); best epoch {s.best_epoch}, "

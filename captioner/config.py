@@ -67,6 +67,9 @@ class TrainConfig:
     # Targets (1 - e) on the caption's word and e spread over the vocabulary; 0 = plain
     # cross-entropy. The dev loss is then smoothed the same way.
     label_smoothing: float = 0.0
+    # Augmentation: each epoch, a caption is paired with the features of its photo flipped left
+    # to right with this probability (needs `captioner extract --mirror`); 0 = off.
+    mirror_probability: float = 0.0
     seed: int = 0
     # "float32", or "mixed_float16" (GPUs) / "mixed_bfloat16" (GPUs and CPUs with AVX512-BF16):
     # compute in 16 bits, keep weights and the softmax in 32.

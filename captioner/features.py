@@ -32,12 +32,21 @@ class FeatureCache:
     feature_dim: int
     weights: str
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    mirrored: bool = False  # features of the photos flipped left to right (for augmentation)
 
     def save(self, path: str | Path) -> None:
         data = {"format": CACHE_FORMAT, **self.__dict__}
         write_atomic(path, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
 
-    def check_encoder(self, path: str | Path, encoder: str, weights: str | None = None) -> None:
+    def check_encoder(
+        self, path: str | Path, encoder: str, weights: str | None = None, mirrored: bool = False
+    ) -> None:
+        if mirrored != self.mirrored:
+            which = "mirrored photos" if self.mirrored else "photos as they are"
+            raise CacheError(
+                f"{path}: holds features of {which}; expected the other kind "
+                f"(`captioner extract{'' if self.mirrored else ' --mirror'}` makes it)"
+            )
         if self.encoder != encoder or (weights is not None and self.weights != weights):
             raise CacheError(
                 f"{path}: made by encoder {self.encoder} (weights {self.weights}), not "
@@ -66,7 +75,12 @@ def load_feature_cache(path: str | Path) -> FeatureCache:
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
         raise CacheError(f"{path}: not a captioner feature cache")
     cache = FeatureCache(
-        data["encoder"], data["input_size"], data["feature_dim"], data["weights"], data["features"]
+        data["encoder"],
+        data["input_size"],
+        data["feature_dim"],
+        data["weights"],
+        data["features"],
+        bool(data.get("mirrored", False)),
     )
     for name, vector in cache.features.items():
         if not (isinstance(vector, np.ndarray) and vector.shape == (cache.feature_dim,)):
@@ -128,9 +142,11 @@ def make_encode_function(model, batch_size: int):
     return encode
 
 
-def default_cache_path(data_root: str | Path, encoder: str) -> Path:
-    """Where `extract` puts the cache unless told: data/<dataset folder>-<encoder>.pkl."""
-    return Path("data") / f"{Path(data_root).resolve().name}-{encoder}.pkl"
+def default_cache_path(data_root: str | Path, encoder: str, mirrored: bool = False) -> Path:
+    """Where `extract` puts the cache unless told: data/<dataset folder>-<encoder>.pkl, or
+    ...-<encoder>-mirrored.pkl for the mirrored photos."""
+    suffix = "-mirrored" if mirrored else ""
+    return Path("data") / f"{Path(data_root).resolve().name}-{encoder}{suffix}.pkl"
 
 
 def extract_features(
@@ -140,6 +156,7 @@ def extract_features(
     weights: str = "imagenet",
     batch_size: int = 32,
     progress: bool = True,
+    mirror: bool = False,
 ) -> ExtractSummary:
     """Encodes every captioned image of the dataset at `data_root` that the cache lacks.
 
@@ -149,6 +166,8 @@ def extract_features(
         encoder, weights: the registry name and "imagenet", "none" or a weights file.
         batch_size: images per forward pass.
         progress: show a tqdm progress bar.
+        mirror: encode each photo flipped left to right instead (a second cache, which
+            `train.mirror_probability` draws on to augment the training photos).
     Returns:
         An ExtractSummary; unreadable images are listed in it, not raised.
     """
@@ -163,9 +182,9 @@ def extract_features(
     cache_path = Path(cache_path)
     if cache_path.exists():
         cache = load_feature_cache(cache_path)
-        cache.check_encoder(cache_path, spec.name, weights)
+        cache.check_encoder(cache_path, spec.name, weights, mirror)
     else:
-        cache = FeatureCache(spec.name, spec.input_size, spec.feature_dim, weights)
+        cache = FeatureCache(spec.name, spec.input_size, spec.feature_dim, weights, {}, mirror)
     names = sorted(name for name in dataset.captions if name not in cache.features)
     summary = ExtractSummary(cache_path, 0, len(dataset.captions) - len(names), {}, 0.0)
     if names:
@@ -177,6 +196,8 @@ def extract_features(
             for indices, images, errors in batches_of_images(paths, spec.input_size, batch_size):
                 summary.failed.update({names[i]: why for i, why in errors.items()})
                 if len(images):
+                    if mirror:
+                        images = np.ascontiguousarray(images[:, :, ::-1])
                     for i, vector in zip(indices, encode(images)):
                         cache.features[names[i]] = vector.astype(np.float32)
                 summary.encoded += len(images)

@@ -35,6 +35,7 @@ class CaptionArrays:
     image_rows: np.ndarray  # (captions,) int32: which feature row each caption belongs to
     inputs: np.ndarray  # (captions, max_words + 1) int32: <start> w1 .. wn <pad> ..
     targets: np.ndarray  # (captions, max_words + 1) int32: w1 .. wn <end> <pad> ..
+    mirrored: np.ndarray | None = None  # (images, D): features of the photos flipped, if any
 
     @property
     def lengths(self) -> np.ndarray:
@@ -63,14 +64,56 @@ def caption_arrays(
     return CaptionArrays(names, cache.matrix(names), np.asarray(rows, np.int32), inputs, targets)
 
 
-def make_batches(arrays: CaptionArrays, batch_size: int, shuffle: bool, seed: int = 0):
-    """tf.data pipeline of ((features, inputs), targets, weights), weights = targets != <pad>."""
+def mirrored_features(
+    data_root, cache: FeatureCache, names: list[str], path: str | Path | None
+) -> np.ndarray:
+    """Features of the mirrored photos of `names`, from the cache `extract --mirror` wrote with
+    the same encoder and weights as `cache`."""
+    from captioner.features import default_cache_path
+
+    path = path or default_cache_path(data_root, cache.encoder, mirrored=True)
+    mirrored = load_feature_cache(path)
+    mirrored.check_encoder(path, cache.encoder, cache.weights, mirrored=True)
+    missing = [name for name in names if name not in mirrored.features]
+    if missing:
+        raise CacheError(
+            f"{path}: {len(missing)} train images have no mirrored features (e.g. "
+            f"{missing[0]}): run `captioner extract --mirror` on this dataset"
+        )
+    return mirrored.matrix(names)
+
+
+def make_batches(
+    arrays: CaptionArrays,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    mirror_probability: float = 0.0,
+):
+    """tf.data pipeline of ((features, inputs), targets, weights), weights = targets != <pad>.
+
+    With `mirror_probability` > 0 (and `arrays.mirrored`), each caption is paired with its
+    photo's mirrored features instead with that probability, drawn anew every epoch (seeded).
+    """
     import tensorflow as tf
 
-    features = tf.constant(arrays.features)
     data = tf.data.Dataset.from_tensor_slices(
         (arrays.image_rows, arrays.inputs, arrays.targets, arrays.lengths)
     )
+    if mirror_probability > 0:
+        # Rows N.. of the feature table are the mirrored photos: row r becomes r + N.
+        features = tf.constant(np.concatenate([arrays.features, arrays.mirrored]))
+        images = len(arrays.features)
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+        def maybe_mirror(example, draw):
+            row, x, y, n = example
+            mirrored = tf.cast(draw % 1_000_000, tf.float32) < mirror_probability * 1e6
+            return tf.where(mirrored, row + images, row), x, y, n
+
+        data = tf.data.Dataset.zip((data, draws)).map(maybe_mirror)
+    else:
+        features = tf.constant(arrays.features)
     if shuffle:
         data = data.shuffle(len(arrays.inputs), seed=seed, reshuffle_each_iteration=True)
     data = data.map(lambda row, x, y, n: (row, x[:n], y[:n]))
@@ -224,6 +267,7 @@ def train(
     run_dir: str | Path,
     config: Config,
     progress: bool = True,
+    mirrored_features_path: str | Path | None = None,
 ) -> TrainSummary:
     """Trains a decoder on the dataset's train split, validating on dev, into `run_dir`.
 
@@ -233,6 +277,8 @@ def train(
         run_dir: created if needed; receives the model, vocabulary, config and history.
         config: the effective configuration (saved into the run directory).
         progress: show Keras' per-epoch progress bar.
+        mirrored_features_path: the cache of `extract --mirror`, used when
+            train.mirror_probability > 0 [default: next to `features_path`'s default].
     """
     import keras
     import tensorflow as tf
@@ -243,6 +289,7 @@ def train(
     start = time.perf_counter()
     dataset = load_dataset(data_root)
     cache = load_feature_cache(features_path)
+    cache.check_encoder(features_path, cache.encoder)  # not a cache of mirrored photos
     text = config.text
     train_captions = [
         clean_caption(c) for n in dataset.splits["train"] for c in dataset.captions[n]
@@ -250,6 +297,10 @@ def train(
     vocabulary = build_vocabulary(train_captions, text.min_word_count)
     train_arrays = caption_arrays(dataset, "train", cache, vocabulary, text.max_caption_words)
     dev_arrays = caption_arrays(dataset, "dev", cache, vocabulary, text.max_caption_words)
+    if config.train.mirror_probability > 0:
+        train_arrays.mirrored = mirrored_features(
+            data_root, cache, train_arrays.names, mirrored_features_path
+        )
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +325,13 @@ def train(
             model, dev_arrays, dataset, vocabulary, text.max_caption_words
         )
         history = model.fit(
-            make_batches(train_arrays, config.train.batch_size, True, config.train.seed),
+            make_batches(
+                train_arrays,
+                config.train.batch_size,
+                True,
+                config.train.seed,
+                config.train.mirror_probability,
+            ),
             validation_data=make_batches(dev_arrays, config.train.batch_size, False),
             epochs=config.train.epochs,
             shuffle=False,  # tf.data shuffles (seeded); Keras cannot shuffle a Dataset anyway

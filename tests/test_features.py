@@ -83,3 +83,23 @@ def test_exif_rotation_is_applied(tmp_path):
     array = load_image(tmp_path / "rotated.jpg", 20)
     # Displayed upright, the red half is on top.
     assert array[2, 10, 0] > 200 and array[17, 10, 2] > 200
+
+
+def test_mirror_encodes_the_photos_flipped_into_a_cache_marked_as_such(flickr8k_data, tmp_path):
+    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY_ENCODER, "none", 64, progress=False)
+    extract_features(
+        flickr8k_data, tmp_path / "m.pkl", TINY_ENCODER, "none", 64, progress=False, mirror=True
+    )
+    plain, mirrored = load_feature_cache(tmp_path / "f.pkl"), load_feature_cache(tmp_path / "m.pkl")
+    assert mirrored.mirrored and not plain.mirrored
+    name = sorted(plain.features)[0]
+    # The tiny encoder averages 4x4 patches: the mirror's grid is the photo's, columns reversed.
+    grid = plain.features[name].reshape(8, 8, 3)
+    np.testing.assert_allclose(mirrored.features[name].reshape(8, 8, 3), grid[:, ::-1], atol=1e-6)
+    assert not np.allclose(mirrored.features[name], plain.features[name])
+    with pytest.raises(CacheError, match="holds features of mirrored photos"):
+        mirrored.check_encoder(tmp_path / "m.pkl", TINY_ENCODER)
+    with pytest.raises(CacheError, match="extract --mirror"):
+        extract_features(
+            flickr8k_data, tmp_path / "f.pkl", TINY_ENCODER, "none", 64, False, mirror=True
+        )

@@ -151,3 +151,49 @@ def test_label_smoothing_spreads_the_target_over_the_vocabulary(tiny):
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     plain = smoothed_cross_entropy(0.0)(y, logits, sample_weight=weights)
     assert float(plain) == pytest.approx(float(model.loss(y, logits, sample_weight=weights)))
+
+
+def test_mirroring_swaps_in_the_mirrored_features_at_the_asked_rate_anew_each_epoch():
+    from captioner.train import make_batches
+
+    images, captions = 50, 2000
+    rng = np.random.RandomState(0)
+    features = rng.normal(size=(images, 4)).astype(np.float32)
+    mirrored = -features  # tells each row's source apart
+    rows = rng.randint(0, images, captions).astype(np.int32)
+    inputs, targets = teacher_forcing_arrays([[5, 6]] * captions, max_words=3)
+    arrays = CaptionArrays([str(i) for i in range(images)], features, rows, inputs, targets)
+    arrays.mirrored = mirrored
+    batches = make_batches(arrays, 500, shuffle=False, seed=1, mirror_probability=0.3)
+
+    def mirrored_mask():
+        seen = [f.numpy() for (f, _), _, _ in batches]
+        taken = np.concatenate(seen)
+        is_mirrored = np.isclose(taken, -features[rows]).all(axis=1)
+        assert (is_mirrored | np.isclose(taken, features[rows]).all(axis=1)).all()
+        return is_mirrored
+
+    first, second = mirrored_mask(), mirrored_mask()
+    assert 0.25 < first.mean() < 0.35 and 0.25 < second.mean() < 0.35  # sd 0.01
+    assert (first != second).any()  # drawn anew every epoch
+    again = make_batches(arrays, 500, shuffle=False, seed=1, mirror_probability=0.3)
+    assert (
+        np.concatenate([f.numpy() for (f, _), _, _ in again])
+        == np.concatenate([np.where(first[:, None], -features[rows], features[rows])])
+    ).all()
+
+
+def test_mirroring_without_a_mirrored_cache_says_which_command_makes_it(flickr8k_data, tmp_path):
+    from captioner.errors import CacheError
+    from captioner.features import extract_features
+    from captioner.train import train
+    from tests.conftest import TINY_ENCODER
+
+    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY_ENCODER, "none", 64, progress=False)
+    config = merge(Config(), {"train": {"mirror_probability": 0.5}})
+    with pytest.raises(CacheError, match="feature cache not found: run `captioner extract`"):
+        train(flickr8k_data, tmp_path / "f.pkl", tmp_path / "run", config, progress=False,
+              mirrored_features_path=tmp_path / "none.pkl")  # fmt: skip
+    with pytest.raises(CacheError, match="holds features of photos as they are"):
+        train(flickr8k_data, tmp_path / "f.pkl", tmp_path / "run", config, progress=False,
+              mirrored_features_path=tmp_path / "f.pkl")  # fmt: skip
