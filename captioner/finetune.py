@@ -110,8 +110,6 @@ def finetune(
         config: the [finetune] settings.
         data_root, features_path: default to those the source run was trained on.
     """
-    import keras
-    import tensorflow as tf
     from tqdm import tqdm
 
     from captioner.data import load_dataset
@@ -156,6 +154,9 @@ def finetune(
         vocabulary_size=len(vocabulary),
         finetuned_from=str(Path(source_run).resolve()),
     )
+
+    import keras  # only now: bad input above fails without TensorFlow's start-up time
+    import tensorflow as tf
 
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()

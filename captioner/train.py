@@ -280,10 +280,6 @@ def train(
         mirrored_features_path: the cache of `extract --mirror`, used when
             train.mirror_probability > 0 [default: next to `features_path`'s default].
     """
-    import keras
-    import tensorflow as tf
-
-    from captioner.model import build_decoder
     from captioner.rundir import EncoderInfo, save_run_info
 
     start = time.perf_counter()
@@ -314,6 +310,11 @@ def train(
         features=str(Path(features_path).resolve()),
         vocabulary_size=len(vocabulary),
     )
+
+    import keras  # only now: bad input above fails without TensorFlow's start-up time
+    import tensorflow as tf
+
+    from captioner.model import build_decoder
 
     keras.utils.set_random_seed(config.train.seed)
     tf.config.experimental.enable_op_determinism()
