@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from captioner.config import FinetuneConfig
+from captioner.errors import RunError
 from captioner.text import PAD_ID, START_ID, clean_caption
 
 
@@ -130,6 +131,8 @@ def finetune(
 
     start = time.perf_counter()
     source = load_run(source_run)
+    if Path(run_dir).resolve() == source.directory.resolve():
+        raise RunError(f"{run_dir}: give the fine-tuned run its own directory, not the source's")
     data_root = data_root or source.info["data"]
     features_path = features_path or source.info["features"]
     dataset = load_dataset(data_root)

@@ -108,3 +108,15 @@ def test_greedy_baseline_needs_no_more_than_one_sample_but_the_samples_one_does(
         merge(Config(), {"finetune": {"samples": 1}})
     with pytest.raises(ConfigError, match="finetune.baseline: 'mean' is not one of"):
         merge(Config(), {"finetune": {"baseline": "mean"}})
+
+
+def test_finetune_refuses_to_overwrite_the_run_it_starts_from(tmp_path):
+    from click.testing import CliRunner
+
+    from captioner.cli import cli
+    from captioner.rundir import shipped_run_dir
+
+    run = str(shipped_run_dir())
+    result = CliRunner().invoke(cli, ["finetune", "--run", run, "--run-dir", run])
+    assert result.exit_code == 1
+    assert result.output.strip().endswith("its own directory, not the source's")
