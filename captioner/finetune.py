@@ -166,7 +166,8 @@ def finetune(
     model = source.load_model()
     steps = DecoderSteps(model)
     sample = make_sampler(steps, len(vocabulary), config.max_length, config.samples)
-    greedy = make_greedy_search(steps, len(vocabulary), config.max_length)
+    if config.baseline == "greedy":  # the samples baseline needs no greedy captions
+        greedy = make_greedy_search(steps, len(vocabulary), config.max_length)
     gradient_step = make_policy_gradient_step(model, config)
     dev_scores = dev_scores_function(model, dev_arrays, dataset, vocabulary, max_words)
 
