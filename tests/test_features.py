@@ -103,3 +103,21 @@ def test_mirror_encodes_the_photos_flipped_into_a_cache_marked_as_such(flickr8k_
         extract_features(
             flickr8k_data, tmp_path / "f.pkl", TINY_ENCODER, "none", 64, False, mirror=True
         )
+
+
+def test_grid_extraction_keeps_every_cell_in_half_precision(flickr8k_data, tmp_path):
+    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY_ENCODER, "none", 64, progress=False)
+    extract_features(
+        flickr8k_data, tmp_path / "g.pkl", TINY_ENCODER, "none", 64, progress=False, grid=True
+    )
+    pooled, grid = load_feature_cache(tmp_path / "f.pkl"), load_feature_cache(tmp_path / "g.pkl")
+    assert (grid.cells, grid.feature_dim) == (64, 192) and pooled.cells == 0
+    name = sorted(pooled.features)[0]
+    assert grid.features[name].dtype == np.float16
+    # The tiny encoder's 8 x 8 patches are its cells: the same numbers, cell by cell.
+    np.testing.assert_allclose(grid.features[name], pooled.features[name], atol=1e-3)
+    assert grid.matrix([name]).dtype == np.float16 and pooled.matrix([name]).dtype == np.float32
+    with pytest.raises(CacheError, match="holds feature grids; expected the other kind"):
+        grid.check_encoder(tmp_path / "g.pkl", TINY_ENCODER)
+    with pytest.raises(CacheError, match="holds pooled features.*extract --grid"):
+        pooled.check_encoder(tmp_path / "f.pkl", TINY_ENCODER, grid=True)
