@@ -43,7 +43,8 @@ def caption_images(
     paths = find_images(list(image_paths))
     results = [CaptionResult(path, None) for path in paths]
     encoder = run.encoder
-    encode = make_encode_function(build_encoder(encoder.name, encoder.weights), batch_size)
+    model = build_encoder(encoder.name, encoder.weights, grid=encoder.cells > 0)
+    encode = make_encode_function(model, batch_size)
     decoder = make_decoder(decoder_steps(runs), len(run.vocabulary), decode)
     for indices, images, errors in batches_of_images(paths, encoder.input_size, batch_size):
         for i, why in errors.items():

@@ -128,9 +128,15 @@ def _default_run_dir(data: str, encoder: str) -> Path:
     help="Encode the photos flipped left to right, into their own cache "
     "[default: data/<dataset>-<encoder>-mirrored.pkl], for train.mirror_probability.",
 )
+@click.option(
+    "--grid",
+    is_flag=True,
+    help="Keep each photo's grid of feature cells instead of their average, into their own "
+    "cache [default: data/<dataset>-<encoder>-grid.pkl], for model.decoder=attention.",
+)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @config_options
-def extract(data, encoder, weights, features, batch_size, mirror, progress, config_path,
+def extract(data, encoder, weights, features, batch_size, mirror, grid, progress, config_path,
             assignments):  # fmt: skip
     """Encode every captioned photo of a dataset once and cache the feature vectors.
 
@@ -146,7 +152,7 @@ def extract(data, encoder, weights, features, batch_size, mirror, progress, conf
         assignments,
         encoder={"name": encoder, "weights": weights, "batch_size": batch_size},
     )
-    cache = features or default_cache_path(data, config.encoder.name, mirror)
+    cache = features or default_cache_path(data, config.encoder.name, mirror, grid)
     summary = extract_features(
         data,
         cache,
@@ -155,6 +161,7 @@ def extract(data, encoder, weights, features, batch_size, mirror, progress, conf
         config.encoder.batch_size,
         progress,
         mirror,
+        grid,
     )
     click.echo(
         f"encoded {summary.encoded} images ({summary.already_cached} already cached) "
@@ -170,7 +177,8 @@ def extract(data, encoder, weights, features, batch_size, mirror, progress, conf
 @click.option(
     "--features",
     type=click.Path(dir_okay=False),
-    help="Feature cache [default: data/<dataset>-<encoder>.pkl].",
+    help="Feature cache [default: data/<dataset>-<encoder>.pkl, or -grid.pkl for "
+    "model.decoder=attention].",
 )
 @click.option(
     "--mirrored-features",
@@ -224,7 +232,8 @@ def train(
             "seed": seed,
         },
     )
-    features = features or default_cache_path(data, config.encoder.name)
+    grid = config.model.decoder == "attention"  # it attends over `extract --grid`'s cells
+    features = features or default_cache_path(data, config.encoder.name, grid=grid)
     run_dir = run_dir or _default_run_dir(data, config.encoder.name)
     s = train_decoder(data, features, run_dir, config, progress, mirrored_features)
     click.echo(

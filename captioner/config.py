@@ -21,6 +21,12 @@ else:  # pragma: no cover
 
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+DECODERS = ("lstm", "attention")
+
+
+def _check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(valid)}")
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,13 @@ class ModelConfig:
     # The Dense + ReLU layer between the LSTM and the logits (the classic Keras design); off
     # gives the plain Show-and-Tell head, LSTM -> logits.
     hidden_layer: bool = True
+    # "lstm": the image only starts the LSTM. "attention": each word also attends over the
+    # encoder's grid of cells (needs `captioner extract --grid`); see captioner.attention.
+    decoder: str = "lstm"
+    attention_dim: int = 256  # width of the attention's scoring layer
+
+    def __post_init__(self):
+        _check_choice("model.decoder", self.decoder, DECODERS)
 
 
 @dataclass(frozen=True)
@@ -78,11 +91,8 @@ class TrainConfig:
     jit_compile: bool = False
 
     def __post_init__(self):
-        for name, valid in (("precision", PRECISIONS), ("select_by", ("val_loss", "val_bleu4"))):
-            if getattr(self, name) not in valid:
-                raise ConfigError(
-                    f"train.{name}: {getattr(self, name)!r} is not one of {', '.join(valid)}"
-                )
+        _check_choice("train.precision", self.precision, PRECISIONS)
+        _check_choice("train.select_by", self.select_by, ("val_loss", "val_bleu4"))
 
 
 @dataclass(frozen=True)
@@ -102,8 +112,7 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.baseline not in ("samples", "greedy"):
-            raise ConfigError(f"finetune.baseline: {self.baseline!r} is not one of samples, greedy")
+        _check_choice("finetune.baseline", self.baseline, ("samples", "greedy"))
         if self.baseline == "samples" and self.samples < 2:
             raise ConfigError("finetune.samples: the samples baseline needs at least 2 samples")
 

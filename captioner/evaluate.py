@@ -46,9 +46,8 @@ def evaluate(
     """
     from captioner.data import load_dataset
     from captioner.decode import make_decoder
-    from captioner.features import default_cache_path, load_feature_cache
     from captioner.metrics import cider_d, corpus_bleu_scores, sentence_bleu4
-    from captioner.rundir import decoder_steps, load_runs, write_json
+    from captioner.rundir import decoder_steps, load_run_features, load_runs, write_json
     from captioner.text import clean_caption
 
     start = time.perf_counter()
@@ -57,11 +56,7 @@ def evaluate(
     decode = decode or run.config.decode
     data_root = data_root or run.info["data"]
     dataset = load_dataset(data_root)
-    cache_path = features_path or run.info["features"]
-    if not Path(cache_path).exists():  # e.g. the shipped model, trained on another machine
-        cache_path = default_cache_path(data_root, run.encoder.name)
-    cache = load_feature_cache(cache_path)
-    cache.check_encoder(cache_path, run.encoder.name, run.encoder.weights)
+    cache, _ = load_run_features(run, data_root, features_path)
     from captioner.train import caption_arrays  # checks that every image has features
 
     arrays = caption_arrays(

@@ -115,7 +115,6 @@ def finetune(
 
     from captioner.data import load_dataset
     from captioner.decode import make_greedy_search, make_sampler
-    from captioner.features import load_feature_cache
     from captioner.metrics import CiderD
     from captioner.model import DecoderSteps
     from captioner.rundir import (
@@ -123,6 +122,7 @@ def finetune(
         LAST_FILE,
         MODEL_FILE,
         load_run,
+        load_run_features,
         save_keras_model,
         save_run_info,
         write_json,
@@ -134,10 +134,8 @@ def finetune(
     if Path(run_dir).resolve() == source.directory.resolve():
         raise RunError(f"{run_dir}: give the fine-tuned run its own directory, not the source's")
     data_root = data_root or source.info["data"]
-    features_path = features_path or source.info["features"]
     dataset = load_dataset(data_root)
-    cache = load_feature_cache(features_path)
-    cache.check_encoder(features_path, source.encoder.name, source.encoder.weights)
+    cache, features_path = load_run_features(source, data_root, features_path)
     vocabulary, max_words = source.vocabulary, source.config.text.max_caption_words
     train_arrays = caption_arrays(dataset, "train", cache, vocabulary, max_words)
     dev_arrays = caption_arrays(dataset, "dev", cache, vocabulary, max_words)

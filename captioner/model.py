@@ -7,6 +7,11 @@
 The model outputs logits; the softmax lives in the loss and in decoding (log_softmax), which is
 numerically safer than a softmax layer followed by a log. Layers are named, so `DecoderSteps`
 can run the same weights one word at a time for greedy and beam search.
+
+model.decoder = "attention" adds attention over the encoder's feature grid (`extract --grid`):
+the features arrive as the flattened grid (B, cells * C); their mean over the cells (the pooled
+vector) starts the LSTM as above, and each word is predicted from [h_t; context_t], the context
+attending over the projected cells (captioner.attention).
 """
 
 from __future__ import annotations
@@ -14,20 +19,41 @@ from __future__ import annotations
 from captioner.config import ModelConfig
 
 
-def build_decoder(config: ModelConfig, vocabulary_size: int, feature_dim: int):
-    """Returns the (uncompiled) Keras training model: [features, words] -> logits."""
+def build_decoder(config: ModelConfig, vocabulary_size: int, feature_dim: int, cells: int = 0):
+    """Returns the (uncompiled) Keras training model: [features, words] -> logits.
+
+    feature_dim: numbers per image; with `cells` > 0 (the attention decoder) the flattened grid
+    of `cells` cells of feature_dim // cells channels each.
+    """
     import keras
     from keras import layers
 
+    attention = config.decoder == "attention"
+    if attention and cells <= 0:
+        raise ValueError("the attention decoder needs grid features (cells > 0)")
     features = keras.Input((feature_dim,), name="features")
     words = keras.Input((None,), dtype="int32", name="words")
-    image = layers.BatchNormalization(name="image_norm")(features)
+    pooled = features
+    if attention:
+        grid = layers.Reshape((cells, feature_dim // cells), name="grid")(features)
+        pooled = layers.GlobalAveragePooling1D(name="pool")(grid)
+    image = layers.BatchNormalization(name="image_norm")(pooled)
     image = layers.Dense(config.units, activation="relu", name="image_projection")(image)
     h0 = layers.Dense(config.units, activation="tanh", name="initial_h")(image)
     c0 = layers.Dense(config.units, name="initial_c")(image)
+    if attention:
+        regions = layers.BatchNormalization(name="grid_norm")(grid)
+        regions = layers.Dense(config.units, activation="relu", name="region_projection")(regions)
+        regions = layers.Dropout(config.dropout, name="region_dropout")(regions)
+        keys = layers.Dense(config.attention_dim, name="region_keys")(regions)
     x = layers.Embedding(vocabulary_size, config.embedding_dim, name="embedding")(words)
     x = layers.Dropout(config.dropout, name="embedding_dropout")(x)
     x = layers.LSTM(config.units, return_sequences=True, name="lstm")(x, initial_state=[h0, c0])
+    if attention:
+        from captioner.attention import RegionAttention
+
+        context = RegionAttention(config.attention_dim, name="attention")([x, keys, regions])
+        x = layers.Concatenate(name="with_context")([x, context])
     x = layers.Dropout(config.dropout, name="lstm_dropout")(x)
     if config.hidden_layer:
         x = layers.Dense(config.units, activation="relu", name="hidden")(x)
@@ -37,34 +63,52 @@ def build_decoder(config: ModelConfig, vocabulary_size: int, feature_dim: int):
 
 
 class DecoderSteps:
-    """The trained decoder's weights, run one word at a time for a whole batch (no dropout)."""
+    """The trained decoder's weights, run one word at a time for a whole batch (no dropout).
+
+    The state is [h, c], plus [regions, keys] (the projected grid, fixed per image) for the
+    attention decoder: beam search then carries each image's grid along with its beams.
+    """
 
     def __init__(self, model):
         self.model = model
         get = model.get_layer
+        names = {layer.name for layer in model.layers}
+        self._attention = get("attention") if "attention" in names else None
         self._image = [get("image_norm"), get("image_projection")]
         self._initial = (get("initial_h"), get("initial_c"))
         self._embedding, self._cell = get("embedding"), get("lstm").cell
-        names = {layer.name for layer in model.layers}
         self._head = [get(name) for name in ("hidden", "logits") if name in names]
         self.vocabulary_size = get("logits").units
 
     def initial_state(self, features):
-        """features (B, D) -> [h (B, units), c (B, units)]."""
+        """features (B, D) -> [h (B, units), c (B, units)] (+ [regions, keys] with attention)."""
+        import tensorflow as tf
+
         x = features
+        if self._attention is not None:
+            grid = self.model.get_layer("grid")(features)
+            x = tf.reduce_mean(grid, axis=1)
         for layer in self._image:
             x = layer(x, training=False)
-        return [self._initial[0](x), self._initial[1](x)]
+        state = [self._initial[0](x), self._initial[1](x)]
+        if self._attention is not None:
+            get = self.model.get_layer
+            regions = get("region_projection")(get("grid_norm")(grid, training=False))
+            state += [regions, get("region_keys")(regions)]
+        return state
 
     def step(self, tokens, state):
-        """tokens (B,) int32, state [h, c] -> log-probabilities (B, V), new state."""
+        """tokens (B,) int32, state -> log-probabilities (B, V), new state."""
         import tensorflow as tf
 
         x = self._embedding(tokens)  # (B, E)
-        output, state = self._cell(x, state, training=False)
+        output, (h, c) = self._cell(x, state[:2], training=False)
+        if self._attention is not None:
+            context = self._attention([output, state[3], state[2]])
+            output = tf.concat([output, context], axis=-1)
         for layer in self._head:
             output = layer(output)
-        return tf.nn.log_softmax(tf.cast(output, tf.float32)), state
+        return tf.nn.log_softmax(tf.cast(output, tf.float32)), [h, c, *state[2:]]
 
 
 class EnsembleSteps:

@@ -34,6 +34,7 @@ class EncoderInfo:
     input_size: int
     feature_dim: int
     weights: str
+    cells: int = 0  # > 0: the features are the encoder's grid of this many cells (attention)
 
 
 @dataclass
@@ -51,7 +52,10 @@ class Run:
             return load_keras_model(self.directory / MODEL_FILE)
         from captioner.model import build_decoder
 
-        model = build_decoder(self.config.model, len(self.vocabulary), self.encoder.feature_dim)
+        encoder = self.encoder
+        model = build_decoder(
+            self.config.model, len(self.vocabulary), encoder.feature_dim, encoder.cells
+        )
         with np.load(self.directory / WEIGHTS_FILE, allow_pickle=False) as arrays:
             weights = [arrays[f"w{i}"].astype(np.float32) for i in range(len(arrays.files))]
         model.set_weights(weights)
@@ -78,6 +82,8 @@ def save_keras_model(model, path: str | Path) -> None:
 
 def load_keras_model(path: str | Path):
     import keras
+
+    import captioner.attention  # noqa: F401  registers the attention layer for safe mode
 
     # safe_mode refuses Lambda layers and other deserialized code; compile=False because
     # inference needs no optimizer or loss.
@@ -142,6 +148,21 @@ def load_runs(directories) -> list[Run]:
                 f"{runs[0].directory}"
             )
     return runs
+
+
+def load_run_features(run: Run, data_root: str | Path, path: str | Path | None = None):
+    """The feature cache of `run`'s encoder: `path`, else the one it was trained on, else (a run
+    trained on another machine, e.g. the shipped model) `extract`'s default for `data_root`.
+    Returns (cache, its path); raises CacheError if another encoder or kind made it."""
+    from captioner.features import default_cache_path, load_feature_cache
+
+    encoder = run.encoder
+    path = path or run.info.get("features")
+    if not path or not Path(path).exists():
+        path = default_cache_path(data_root, encoder.name, grid=encoder.cells > 0)
+    cache = load_feature_cache(path)
+    cache.check_encoder(path, encoder.name, encoder.weights, grid=encoder.cells > 0)
+    return cache, Path(path)
 
 
 def decoder_steps(runs: list[Run]):

@@ -31,7 +31,7 @@ class CaptionArrays:
     """One split as arrays: features once per image, captions as padded ids."""
 
     names: list[str]  # image names; row i of `features`
-    features: np.ndarray  # (images, D) float32
+    features: np.ndarray  # (images, D) float32 (float16 for grids)
     image_rows: np.ndarray  # (captions,) int32: which feature row each caption belongs to
     inputs: np.ndarray  # (captions, max_words + 1) int32: <start> w1 .. wn <pad> ..
     targets: np.ndarray  # (captions, max_words + 1) int32: w1 .. wn <end> <pad> ..
@@ -71,9 +71,9 @@ def mirrored_features(
     the same encoder and weights as `cache`."""
     from captioner.features import default_cache_path
 
-    path = path or default_cache_path(data_root, cache.encoder, mirrored=True)
+    path = path or default_cache_path(data_root, cache.encoder, True, cache.cells > 0)
     mirrored = load_feature_cache(path)
-    mirrored.check_encoder(path, cache.encoder, cache.weights, mirrored=True)
+    mirrored.check_encoder(path, cache.encoder, cache.weights, mirrored=True, grid=cache.cells > 0)
     missing = [name for name in names if name not in mirrored.features]
     if missing:
         raise CacheError(
@@ -285,7 +285,8 @@ def train(
     start = time.perf_counter()
     dataset = load_dataset(data_root)
     cache = load_feature_cache(features_path)
-    cache.check_encoder(features_path, cache.encoder)  # not a cache of mirrored photos
+    # Not a cache of mirrored photos; grids exactly when the decoder attends over them.
+    cache.check_encoder(features_path, cache.encoder, grid=config.model.decoder == "attention")
     text = config.text
     train_captions = [
         clean_caption(c) for n in dataset.splits["train"] for c in dataset.captions[n]
@@ -301,7 +302,9 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     vocabulary.save(run_dir / "vocabulary.json")
-    encoder = EncoderInfo(cache.encoder, cache.input_size, cache.feature_dim, cache.weights)
+    encoder = EncoderInfo(
+        cache.encoder, cache.input_size, cache.feature_dim, cache.weights, cache.cells
+    )
     save_run_info(
         run_dir,
         config,
@@ -320,7 +323,7 @@ def train(
     tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(config.train.precision)
     try:
-        model = build_decoder(config.model, len(vocabulary), cache.feature_dim)
+        model = build_decoder(config.model, len(vocabulary), cache.feature_dim, cache.cells)
         compile_decoder(model, config.train)
         dev_scores = dev_scores_function(
             model, dev_arrays, dataset, vocabulary, text.max_caption_words

