@@ -62,6 +62,12 @@ class ModelConfig:
     def __post_init__(self):
         _check_choice("model.decoder", self.decoder, DECODERS)
 
+    @property
+    def needs_grid(self) -> bool:
+        """The attention decoder reads each photo's grid of cells (`captioner extract --grid`),
+        the plain one its pooled vector: this picks the cache either way."""
+        return self.decoder == "attention"
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -6,7 +6,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from captioner.arrays import caption_arrays, references
 from captioner.config import DecodeConfig
+from captioner.data import load_dataset
+from captioner.decode import make_decoder
+from captioner.metrics import sentence_bleu4
+from captioner.rundir import Run, decoder_steps, load_run_features, load_runs, write_json
+from captioner.scoring import score_captions
 
 
 @dataclass
@@ -26,7 +32,7 @@ def decoding_name(decode: DecodeConfig) -> str:
 
 
 def evaluate(
-    run_dirs: list[str | Path] | None,
+    run_dirs: list[str | Path | Run] | None,
     split: str = "test",
     decode: DecodeConfig | None = None,
     data_root: str | Path | None = None,
@@ -35,8 +41,8 @@ def evaluate(
     """Captions every image of `split` from cached features; scores them against all references.
 
     Args:
-        run_dirs: directories written by `captioner train`, one or several (an ensemble);
-            None or empty: the shipped reference model.
+        run_dirs: directories written by `captioner train` (or runs already loaded), one or
+            several (an ensemble); None or empty: the shipped reference model.
         split: train, dev or test.
         decode: decoding settings; the run's own when None.
         data_root, features_path: default to those the run was trained on.
@@ -44,12 +50,6 @@ def evaluate(
         The scores; captions, references and per-image scores go to a JSON file in the first
         run directory (the current folder for the shipped model).
     """
-    from captioner.data import load_dataset
-    from captioner.decode import make_decoder
-    from captioner.metrics import cider_d, corpus_bleu_scores, sentence_bleu4
-    from captioner.rundir import decoder_steps, load_run_features, load_runs, write_json
-    from captioner.text import clean_caption
-
     start = time.perf_counter()
     runs = load_runs(run_dirs)
     run = runs[0]
@@ -57,29 +57,27 @@ def evaluate(
     data_root = data_root or run.info["data"]
     dataset = load_dataset(data_root)
     cache, _ = load_run_features(run, data_root, features_path)
-    from captioner.train import caption_arrays  # checks that every image has features
-
+    # caption_arrays checks that every image of the split has features.
     arrays = caption_arrays(
         dataset, split, cache, run.vocabulary, run.config.text.max_caption_words
     )
     decoder = make_decoder(decoder_steps(runs), len(run.vocabulary), decode)
     hypotheses = [run.vocabulary.decode(row) for row in decoder(arrays.features)]
-    references = [[clean_caption(c) for c in dataset.captions[n]] for n in arrays.names]
-    scores = corpus_bleu_scores(references, hypotheses)
-    scores["CIDEr-D"], image_cider = cider_d(references, hypotheses)
+    refs = references(dataset, arrays.names)
+    scores, image_cider = score_captions(refs, hypotheses)
     per_image = [
         {
             "image": name,
             "caption": " ".join(words),
-            "references": [" ".join(r) for r in refs],
-            "bleu4": round(sentence_bleu4(refs, words), 4),
+            "references": [" ".join(r) for r in image_refs],
+            "bleu4": round(sentence_bleu4(image_refs, words), 4),
             "cider_d": round(cider, 4),
         }
-        for name, words, refs, cider in zip(arrays.names, hypotheses, references, image_cider)
+        for name, words, image_refs, cider in zip(arrays.names, hypotheses, refs, image_cider)
     ]
     # The shipped model's folder may be read-only: its results go to the current folder.
     name = f"captions-{split}-{decoding_name(decode)}{'-ensemble' if len(runs) > 1 else ''}.json"
-    captions_path = Path(run_dirs[0] if run_dirs else ".") / name
+    captions_path = (Path(".") if run.shipped else run.directory) / name
     write_json(
         captions_path,
         {"split": split, "decoding": decode.__dict__, "scores": scores, "images": per_image},

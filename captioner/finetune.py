@@ -22,9 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from captioner.arrays import CaptionArrays, caption_arrays, references
 from captioner.config import FinetuneConfig
+from captioner.data import load_dataset
 from captioner.errors import RunError
-from captioner.text import PAD_ID, START_ID, clean_caption
+from captioner.metrics import CiderD
+from captioner.model import DecoderSteps
+from captioner.recorder import RunRecorder, seed_everything
+from captioner.rundir import Run, load_run, load_run_features
+from captioner.scoring import dev_scores_function
+from captioner.text import PAD_ID, START_ID
 
 
 @dataclass
@@ -95,6 +102,89 @@ def make_policy_gradient_step(model, config: FinetuneConfig):
     return step
 
 
+@dataclass
+class _Source:
+    """The run fine-tuning starts from, with its data read and checked before TensorFlow starts."""
+
+    run: Run
+    train: CaptionArrays
+    dev: CaptionArrays
+    dev_references: list
+    reward: CiderD
+
+
+def _read_source(source_run, run_dir, data_root, features_path) -> tuple[_Source, dict]:
+    source = load_run(source_run)
+    if Path(run_dir).resolve() == source.directory.resolve():
+        raise RunError(f"{run_dir}: give the fine-tuned run its own directory, not the source's")
+    data_root = data_root or source.info["data"]
+    dataset = load_dataset(data_root)
+    cache, features_path = load_run_features(source, data_root, features_path)
+    vocabulary, max_words = source.vocabulary, source.config.text.max_caption_words
+    train_arrays = caption_arrays(dataset, "train", cache, vocabulary, max_words)
+    dev_arrays = caption_arrays(dataset, "dev", cache, vocabulary, max_words)
+    # CIDEr-D's document frequencies come from the train references, as the reward's should.
+    reward = CiderD(references(dataset, train_arrays.names))
+    dev_references = references(dataset, dev_arrays.names)
+    paths = {
+        "data": str(Path(data_root).resolve()),
+        "features": str(Path(features_path).resolve()),
+        "finetuned_from": str(Path(source_run).resolve()),
+    }
+    return _Source(source, train_arrays, dev_arrays, dev_references, reward), paths
+
+
+class _SelfCriticalEpoch:
+    """One pass over the training images: sample, reward, step. Returns the epoch's means."""
+
+    def __init__(self, model, source: _Source, config: FinetuneConfig):
+        from captioner.decode import make_greedy_search, make_sampler
+
+        steps, size = DecoderSteps(model), len(source.run.vocabulary)
+        self.source, self.config = source, config
+        self.sample = make_sampler(steps, size, config.max_length, config.samples)
+        self.greedy = None  # the samples baseline needs no greedy captions
+        if config.baseline == "greedy":
+            self.greedy = make_greedy_search(steps, size, config.max_length)
+        self.gradient_step = make_policy_gradient_step(model, config)
+        self.rng = np.random.default_rng(config.seed)
+        self.step_number = 0
+
+    def rewards(self, ids: np.ndarray, images: np.ndarray) -> np.ndarray:
+        decode, reward = self.source.run.vocabulary.decode, self.source.reward
+        return np.array([reward.score(int(i), decode(row)) for i, row in zip(images, ids)])
+
+    def __call__(self, progress_bar) -> dict[str, float]:
+        images = len(self.source.train.names)
+        order = self.rng.permutation(images)
+        totals = {"loss": 0.0, "sample_cider_d": 0.0}
+        if self.greedy is not None:
+            totals["greedy_cider_d"] = 0.0
+        for first in progress_bar(range(0, images, self.config.batch_size)):
+            self._step(order[first : first + self.config.batch_size], totals)
+        return {key: value / images for key, value in totals.items()}
+
+    def _step(self, batch: np.ndarray, totals: dict[str, float]) -> None:
+        import tensorflow as tf
+
+        config = self.config
+        features = self.source.train.features[batch]
+        seed = tf.constant([config.seed, self.step_number], tf.int32)
+        sampled = self.sample(features, seed).numpy()
+        sample_rewards = self.rewards(sampled, np.repeat(batch, config.samples))
+        greedy_rewards = None
+        if self.greedy is not None:
+            greedy_rewards = self.rewards(self.greedy(features).numpy(), batch)
+            totals["greedy_cider_d"] += float(greedy_rewards.sum())
+        advantages = self_critical_advantages(sample_rewards, config.samples, greedy_rewards)
+        inputs, targets = teacher_forcing_of_samples(sampled)
+        repeated = np.repeat(features, config.samples, axis=0)
+        loss = self.gradient_step(repeated, inputs, targets, advantages)
+        totals["loss"] += float(loss) * len(batch)
+        totals["sample_cider_d"] += float(sample_rewards.sum()) / config.samples
+        self.step_number += 1
+
+
 def finetune(
     source_run: str | Path,
     run_dir: str | Path,
@@ -110,126 +200,42 @@ def finetune(
         run_dir: the new run (created); `caption` and `evaluate` use it like any other.
         config: the [finetune] settings.
         data_root, features_path: default to those the source run was trained on.
+        progress: show a progress bar over each epoch's batches.
     """
     from tqdm import tqdm
 
-    from captioner.data import load_dataset
-    from captioner.decode import make_greedy_search, make_sampler
-    from captioner.metrics import CiderD
-    from captioner.model import DecoderSteps
-    from captioner.rundir import (
-        HISTORY_FILE,
-        LAST_FILE,
-        MODEL_FILE,
-        load_run,
-        load_run_features,
-        save_keras_model,
-        save_run_info,
-        write_json,
-    )
-    from captioner.train import caption_arrays, dev_scores_function
-
     start = time.perf_counter()
-    source = load_run(source_run)
-    if Path(run_dir).resolve() == source.directory.resolve():
-        raise RunError(f"{run_dir}: give the fine-tuned run its own directory, not the source's")
-    data_root = data_root or source.info["data"]
-    dataset = load_dataset(data_root)
-    cache, features_path = load_run_features(source, data_root, features_path)
-    vocabulary, max_words = source.vocabulary, source.config.text.max_caption_words
-    train_arrays = caption_arrays(dataset, "train", cache, vocabulary, max_words)
-    dev_arrays = caption_arrays(dataset, "dev", cache, vocabulary, max_words)
-    references = [[clean_caption(c) for c in dataset.captions[n]] for n in train_arrays.names]
-    reward = CiderD(references)
+    source, paths = _read_source(source_run, run_dir, data_root, features_path)
+    run, max_words = source.run, source.run.config.text.max_caption_words
+    recorder = RunRecorder(run_dir, "val_bleu4", config.early_stopping_patience)
+    recorder.start(replace(run.config, finetune=config), run.encoder, run.vocabulary, **paths)
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    vocabulary.save(run_dir / "vocabulary.json")
-    new_config = replace(source.config, finetune=config)
-    save_run_info(
-        run_dir,
-        new_config,
-        source.encoder,
-        data=str(Path(data_root).resolve()),
-        features=str(Path(features_path).resolve()),
-        vocabulary_size=len(vocabulary),
-        finetuned_from=str(Path(source_run).resolve()),
-    )
-
-    import keras  # only now: bad input above fails without TensorFlow's start-up time
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
-    model = source.load_model()
-    steps = DecoderSteps(model)
-    sample = make_sampler(steps, len(vocabulary), config.max_length, config.samples)
-    if config.baseline == "greedy":  # the samples baseline needs no greedy captions
-        greedy = make_greedy_search(steps, len(vocabulary), config.max_length)
-    gradient_step = make_policy_gradient_step(model, config)
-    dev_scores = dev_scores_function(model, dev_arrays, dataset, vocabulary, max_words)
-
-    def rewards(ids: np.ndarray, images: np.ndarray) -> np.ndarray:
-        return np.array(
-            [reward.score(int(i), vocabulary.decode(row)) for i, row in zip(images, ids)]
-        )
-
-    best = dev_scores()
-    start_bleu4 = best["BLEU-4"]
-    save_keras_model(model, run_dir / MODEL_FILE)  # until an epoch beats the starting model
-    history = [{"epoch": 0, "val_bleu4": best["BLEU-4"], "val_cider_d": best["CIDEr-D"]}]
-    write_json(run_dir / HISTORY_FILE, history)
-    rng = np.random.default_rng(config.seed)
-    best_epoch, waited, step_number = 0, 0, 0
-    images = len(train_arrays.names)
+    seed_everything(config.seed)  # TensorFlow starts only now: bad input above fails fast
+    model = run.load_model()
+    dev_scores = dev_scores_function(model, source.dev, source.dev_references, run.vocabulary,
+                                     max_words)  # fmt: skip
+    epoch_of_training = _SelfCriticalEpoch(model, source, config)
+    # Epoch 0 is the model it starts from: model.keras keeps it until an epoch beats it.
+    recorder.record(model, 0, _dev_logs(dev_scores()))
     for epoch in range(1, config.epochs + 1):
-        order = rng.permutation(images)
-        batches = range(0, images, config.batch_size)
-        totals = {"loss": 0.0, "sample_cider_d": 0.0}
-        if config.baseline == "greedy":
-            totals["greedy_cider_d"] = 0.0
-        for first in tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False):
-            batch = order[first : first + config.batch_size]
-            features = train_arrays.features[batch]
-            seed = tf.constant([config.seed, step_number], tf.int32)
-            sampled = sample(features, seed).numpy()
-            sample_rewards = rewards(sampled, np.repeat(batch, config.samples))
-            greedy_rewards = None
-            if config.baseline == "greedy":
-                greedy_rewards = rewards(greedy(features).numpy(), batch)
-                totals["greedy_cider_d"] += float(greedy_rewards.sum())
-            advantages = self_critical_advantages(sample_rewards, config.samples, greedy_rewards)
-            inputs, targets = teacher_forcing_of_samples(sampled)
-            repeated = np.repeat(features, config.samples, axis=0)
-            loss = gradient_step(repeated, inputs, targets, advantages)
-            totals["loss"] += float(loss) * len(batch)
-            totals["sample_cider_d"] += float(sample_rewards.sum()) / config.samples
-            step_number += 1
-        scores = dev_scores()
-        logs = {k: v / images for k, v in totals.items()}
-        logs.update(val_bleu4=scores["BLEU-4"], val_cider_d=scores["CIDEr-D"])
-        history.append({"epoch": epoch, **logs})
-        save_keras_model(model, run_dir / LAST_FILE)
-        if scores["BLEU-4"] > best["BLEU-4"]:
-            best, best_epoch, waited = scores, epoch, 0
-            save_keras_model(model, run_dir / MODEL_FILE)
-        else:
-            waited += 1
-        write_json(run_dir / HISTORY_FILE, history)
-        if progress:
-            tqdm.write(
-                f"epoch {epoch}: train CIDEr-D of samples {logs['sample_cider_d']:.3f}; "
-                f"dev BLEU-4 {scores['BLEU-4']:.4f} "
-                f"CIDEr-D {scores['CIDEr-D']:.4f}"
-            )
-        if config.early_stopping_patience and waited >= config.early_stopping_patience:
+
+        def bar(batches, epoch=epoch):
+            return tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
+
+        logs = epoch_of_training(bar)
+        if recorder.record(model, epoch, {**logs, **_dev_logs(dev_scores())}):
             break
+    best = recorder.best_logs
     return FinetuneSummary(
-        run_dir,
-        len(history) - 1,
-        best_epoch,
-        start_bleu4,
-        best["BLEU-4"],
-        best["CIDEr-D"],
+        recorder.run_dir,
+        len(recorder.history) - 1,
+        recorder.best_epoch,
+        recorder.history[0]["val_bleu4"],
+        best["val_bleu4"],
+        best["val_cider_d"],
         time.perf_counter() - start,
     )
+
+
+def _dev_logs(scores: dict[str, float]) -> dict[str, float]:
+    return {"val_bleu4": scores["BLEU-4"], "val_cider_d": scores["CIDEr-D"]}

@@ -28,9 +28,9 @@ def build_decoder(config: ModelConfig, vocabulary_size: int, feature_dim: int, c
     import keras
     from keras import layers
 
-    attention = config.decoder == "attention"
-    if attention and cells <= 0:
-        raise ValueError("the attention decoder needs grid features (cells > 0)")
+    attention = config.needs_grid
+    if attention != (cells > 0):
+        raise ValueError(f"model.decoder={config.decoder} does not go with {cells} grid cells")
     features = keras.Input((feature_dim,), name="features")
     words = keras.Input((None,), dtype="int32", name="words")
     pooled = features

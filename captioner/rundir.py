@@ -1,14 +1,20 @@
-"""A run directory: everything `caption` and `evaluate` need, written by `train`.
+"""A run directory: everything `caption` and `evaluate` need, written by `train` and `finetune`
+(through captioner.recorder). Every file name lives here.
 
-model.keras        best weights by validation loss (Keras format, loaded in safe mode)
+model.keras        the best epoch by train.select_by (dev loss or greedy dev BLEU-4; for
+                   `finetune`, dev BLEU-4), Keras format, loaded in safe mode
 last.keras         the latest epoch, rewritten each epoch
+weights.npz        instead of model.keras in the shipped model: float16 weights, decoder rebuilt
+                   from run.json (`save_weights_npz` writes it, `Run.load_model` reads it)
 vocabulary.json    the words, id = position
 run.json           the effective config, the encoder, the data and feature paths
-history.json, training.csv   per-epoch losses, accuracies and learning rate
+history.json, training.csv   per-epoch losses, scores and learning rate; loss.png draws them
+logs/              TensorBoard's event files (`train` only)
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -18,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from captioner.config import Config, config_from_dict
+from captioner.config import Config, DecodeConfig, config_from_dict, merge
 from captioner.errors import RunError
 from captioner.files import usual_permissions, write_atomic
 from captioner.text import Vocabulary
@@ -26,6 +32,7 @@ from captioner.text import Vocabulary
 RUN_FORMAT = "captioner-run/1"
 MODEL_FILE, LAST_FILE, WEIGHTS_FILE = "model.keras", "last.keras", "weights.npz"
 VOCABULARY_FILE, RUN_FILE, HISTORY_FILE = "vocabulary.json", "run.json", "history.json"
+TRAINING_CSV, PLOT_FILE, TENSORBOARD_DIR = "training.csv", "loss.png", "logs"
 
 
 @dataclass
@@ -60,6 +67,26 @@ class Run:
             weights = [arrays[f"w{i}"].astype(np.float32) for i in range(len(arrays.files))]
         model.set_weights(weights)
         return model
+
+    @property
+    def shipped(self) -> bool:
+        """The reference model installed with the package (its folder may be read-only)."""
+        return self.directory.resolve() == shipped_run_dir().resolve()
+
+    def decoding(self, **overrides) -> DecodeConfig:
+        """The run's decoding settings (those chosen on dev, for the shipped model) with
+        `overrides` (None values ignored) on top."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return merge(self.config, {"decode": given}, "decoding options").decode
+
+
+def save_weights_npz(model, folder: str | Path) -> None:
+    """weights.npz: the model's weights in float16, no optimizer state (a sixth of model.keras);
+    `Run.load_model` rebuilds the decoder from run.json and reads them back."""
+    weights = {f"w{i}": w.astype(np.float16) for i, w in enumerate(model.get_weights())}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **weights)
+    write_atomic(Path(folder) / WEIGHTS_FILE, buffer.getvalue())
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -135,9 +162,10 @@ def load_run(directory: str | Path | None = None) -> Run:
 
 
 def load_runs(directories) -> list[Run]:
-    """One run, or several to decode as an ensemble (None or empty: the shipped model)."""
+    """One run, or several to decode as an ensemble (None or empty: the shipped model).
+    Runs already loaded pass through as they are."""
     if directories:
-        runs = [load_run(d) for d in directories]
+        runs = [d if isinstance(d, Run) else load_run(d) for d in directories]
     else:  # the shipped model, with the members of its ensemble if it has one
         runs = [load_run()]
         runs += [load_run(runs[0].directory / m) for m in runs[0].info.get("ensemble", [])]

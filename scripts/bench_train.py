@@ -36,15 +36,15 @@ BATCH, SIZE = 64, 256
 
 
 def load(data: str, features: str, min_count: int):
+    from captioner.arrays import caption_arrays, references
     from captioner.data import load_dataset
     from captioner.features import load_feature_cache
-    from captioner.text import build_vocabulary, clean_caption
-    from captioner.train import caption_arrays
+    from captioner.text import build_vocabulary
 
     dataset = load_dataset(data)
     cache = load_feature_cache(features)
-    captions = [clean_caption(c) for n in dataset.splits["train"] for c in dataset.captions[n]]
-    vocabulary = build_vocabulary(captions, min_count)
+    captions = references(dataset, dataset.splits["train"])
+    vocabulary = build_vocabulary((c for refs in captions for c in refs), min_count)
     # max_caption_words=40 keeps every Flickr8k caption whole, as the classic recipe does.
     return caption_arrays(dataset, "train", cache, vocabulary, 40), len(vocabulary)
 

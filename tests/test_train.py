@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from captioner.arrays import CaptionArrays
 from captioner.config import Config, ModelConfig, TrainConfig, merge
 from captioner.text import teacher_forcing_arrays
-from captioner.train import CaptionArrays, compile_decoder, count_batches, make_batches
+from captioner.train import compile_decoder, count_batches, make_batches
 
 CAPTIONS = [
     [4, 5, 6],
@@ -90,10 +91,11 @@ def test_mixed_precision_trains_and_leaves_float32_behind(flickr8k_data, tmp_pat
 
     from captioner.features import extract_features
     from captioner.train import train
-    from tests.conftest import TINY_ENCODER
+    from tests.conftest import TINY, TINY_ENCODER
 
-    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY_ENCODER, "none", 64, progress=False)
+    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY, progress=False)
     config = merge(Config(), {
+        "encoder": {"name": TINY_ENCODER},
         "model": {"units": 16, "embedding_dim": 8},
         "text": {"min_word_count": 1},
         "train": {"epochs": 2, "precision": "mixed_bfloat16"},
@@ -112,10 +114,11 @@ def test_mixed_precision_trains_and_leaves_float32_behind(flickr8k_data, tmp_pat
 def test_the_best_epoch_can_be_chosen_by_dev_bleu(flickr8k_data, tmp_path):
     from captioner.features import extract_features
     from captioner.train import train
-    from tests.conftest import TINY_ENCODER
+    from tests.conftest import TINY, TINY_ENCODER
 
-    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY_ENCODER, "none", 64, progress=False)
+    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY, progress=False)
     config = merge(Config(), {
+        "encoder": {"name": TINY_ENCODER},
         "model": {"units": 32, "embedding_dim": 16, "dropout": 0.0},
         "text": {"min_word_count": 1},
         "train": {"epochs": 6, "select_by": "val_bleu4", "learning_rate": 0.01},
@@ -187,10 +190,12 @@ def test_mirroring_without_a_mirrored_cache_says_which_command_makes_it(flickr8k
     from captioner.errors import CacheError
     from captioner.features import extract_features
     from captioner.train import train
-    from tests.conftest import TINY_ENCODER
+    from tests.conftest import TINY, TINY_ENCODER
 
-    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY_ENCODER, "none", 64, progress=False)
-    config = merge(Config(), {"train": {"mirror_probability": 0.5}})
+    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY, progress=False)
+    config = merge(
+        Config(), {"encoder": {"name": TINY_ENCODER}, "train": {"mirror_probability": 0.5}}
+    )
     with pytest.raises(CacheError, match="feature cache not found: run `captioner extract`"):
         train(flickr8k_data, tmp_path / "f.pkl", tmp_path / "run", config, progress=False,
               mirrored_features_path=tmp_path / "none.pkl")  # fmt: skip

@@ -1,0 +1,77 @@
+"""One split as arrays, the form in which `train`, `finetune` and `evaluate` feed the decoder.
+
+Features are stored once per image; captions are rows of word ids that point at their image's
+row. Built from a dataset, a feature cache and a vocabulary; shared by the stages, owned by none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from captioner.data import Dataset
+from captioner.errors import CacheError, DataError
+from captioner.features import FeatureCache, default_cache_path, load_feature_cache
+from captioner.text import Vocabulary, clean_caption, teacher_forcing_arrays
+
+
+@dataclass
+class CaptionArrays:
+    """One split as arrays: features once per image, captions as padded ids."""
+
+    names: list[str]  # image names; row i of `features`
+    features: np.ndarray  # (images, D) float32 (float16 for grids)
+    image_rows: np.ndarray  # (captions,) int32: which feature row each caption belongs to
+    inputs: np.ndarray  # (captions, max_words + 1) int32: <start> w1 .. wn <pad> ..
+    targets: np.ndarray  # (captions, max_words + 1) int32: w1 .. wn <end> <pad> ..
+    mirrored: np.ndarray | None = None  # (images, D): features of the photos flipped, if any
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return (self.targets != 0).sum(axis=1).astype(np.int32)
+
+
+def caption_arrays(
+    dataset: Dataset, split: str, cache: FeatureCache, vocabulary: Vocabulary, max_words: int
+) -> CaptionArrays:
+    """Builds the arrays of one split; every image must have its features in the cache."""
+    names = dataset.splits[split]
+    if not names:
+        raise DataError(f"{dataset.root}: the {split} split has no images with captions")
+    missing = [name for name in names if name not in cache.features]
+    if missing:
+        raise CacheError(
+            f"{len(missing)} {split} images have no features in the cache (e.g. {missing[0]}): "
+            "run `captioner extract` on this dataset with the same encoder"
+        )
+    rows, captions = [], []
+    for row, name in enumerate(names):
+        for caption in dataset.captions[name]:
+            rows.append(row)
+            captions.append(vocabulary.encode(clean_caption(caption)))
+    inputs, targets = teacher_forcing_arrays(captions, max_words)
+    return CaptionArrays(names, cache.matrix(names), np.asarray(rows, np.int32), inputs, targets)
+
+
+def references(dataset: Dataset, names: list[str]) -> list[list[list[str]]]:
+    """Every image's reference captions, cleaned into words the way the decoder learnt them."""
+    return [[clean_caption(c) for c in dataset.captions[name]] for name in names]
+
+
+def mirrored_features(
+    data_root, cache: FeatureCache, names: list[str], path: str | Path | None
+) -> np.ndarray:
+    """Features of the mirrored photos of `names`, from the cache `extract --mirror` wrote with
+    the same encoder and weights as `cache`."""
+    path = path or default_cache_path(data_root, cache.encoder, True, cache.cells > 0)
+    mirrored = load_feature_cache(path)
+    mirrored.check_encoder(path, cache.encoder, cache.weights, mirrored=True, grid=cache.cells > 0)
+    missing = [name for name in names if name not in mirrored.features]
+    if missing:
+        raise CacheError(
+            f"{path}: {len(missing)} train images have no mirrored features (e.g. "
+            f"{missing[0]}): run `captioner extract --mirror` on this dataset"
+        )
+    return mirrored.matrix(names)

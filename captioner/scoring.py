@@ -1,0 +1,41 @@
+"""Scoring captions against references: the corpus scores `evaluate` reports, and the greedy
+dev scores that `train` and `finetune` log after every epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from captioner.arrays import CaptionArrays
+from captioner.metrics import cider_d, corpus_bleu_scores
+from captioner.text import Vocabulary
+
+
+def score_captions(
+    references: list[list[list[str]]], hypotheses: list[list[str]]
+) -> tuple[dict[str, float], list[float]]:
+    """Corpus BLEU-1..4 and CIDEr-D; also each image's CIDEr-D, in order."""
+    scores = corpus_bleu_scores(references, hypotheses)
+    scores["CIDEr-D"], per_image = cider_d(references, hypotheses)
+    return scores, per_image
+
+
+def dev_scores_function(
+    model, arrays: CaptionArrays, references: list[list[list[str]]], vocabulary: Vocabulary,
+    max_words: int,
+) -> Callable[[], dict[str, float]]:  # fmt: skip
+    """Returns f() -> {"BLEU-4", "CIDEr-D"} of greedy captions for the images of `arrays`, with
+    the model's current weights (the decoder is compiled once and reads the live variables)."""
+    from captioner.config import DecodeConfig
+    from captioner.decode import make_decoder
+    from captioner.model import DecoderSteps
+
+    decode = make_decoder(
+        DecoderSteps(model), len(vocabulary), DecodeConfig(beam_size=1, max_length=max_words)
+    )
+
+    def scores() -> dict[str, float]:
+        hypotheses = [vocabulary.decode(row) for row in decode(arrays.features)]
+        bleu4 = corpus_bleu_scores(references, hypotheses)["BLEU-4"]
+        return {"BLEU-4": bleu4, "CIDEr-D": cider_d(references, hypotheses)[0]}
+
+    return scores
