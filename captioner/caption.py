@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioner.config import DecodeConfig
+from captioner.rundir import Run
 
 
 @dataclass
@@ -16,7 +17,7 @@ class CaptionResult:
 
 
 def caption_images(
-    run_dirs: list[str | Path] | None,
+    run_dirs: list[str | Path | Run] | None,
     image_paths: list[str | Path],
     decode: DecodeConfig | None = None,
     batch_size: int = 16,
@@ -24,17 +25,17 @@ def caption_images(
     """Captions each photo (folders are expanded to the images in them).
 
     Args:
-        run_dirs: directories written by `captioner train`, one or several (an ensemble);
-            None or empty: the shipped reference model. Their encoder is rebuilt.
+        run_dirs: directories written by `captioner train` (or runs already loaded), one or
+            several (an ensemble); None or empty: the shipped reference model. Their encoder
+            is rebuilt.
         image_paths: files or folders.
         decode: decoding settings; the run's own when None.
     Returns:
         One CaptionResult per image, in order; unreadable images carry an error instead.
     """
     from captioner.decode import make_decoder
-    from captioner.encoders import build_encoder
-    from captioner.features import batches_of_images, make_encode_function
-    from captioner.images import find_images
+    from captioner.encoders import build_encoder, make_encode_function
+    from captioner.images import batches_of_images, find_images
     from captioner.rundir import decoder_steps, load_runs
 
     runs = load_runs(run_dirs)

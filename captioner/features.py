@@ -2,8 +2,9 @@
 
 The cache is a pickle of plain data, `{"encoder": ..., "input_size": ..., "feature_dim": ...,
 "weights": ..., "features": {image name: float32 vector}}`, read back through a restricted
-unpickler. It is rewritten atomically every few hundred images, so an interrupted run keeps
-what it finished and the next run resumes where it stopped.
+unpickler. It is rewritten atomically every minute and when extraction ends (also by Ctrl-C or
+a crash), so an interrupted run keeps what it finished and the next run resumes where it
+stopped.
 
 A grid cache (`extract --grid`, for the attention decoder) holds each photo's last feature map
 flattened cell by cell: `cells` > 0 and vectors of cells * channels numbers = `feature_dim`,
@@ -14,16 +15,15 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from captioner.config import EncoderConfig
 from captioner.errors import CacheError
 from captioner.files import UnsafePickleError, load_restricted_pickle, write_atomic
-from captioner.images import try_load_image
+from captioner.images import batches_of_images
 
 CACHE_FORMAT = "captioner-features/1"
 _SAVE_EVERY_SECONDS = 60.0
@@ -116,53 +116,6 @@ class ExtractSummary:
     seconds: float
 
 
-def batches_of_images(
-    paths: list[Path], size: int, batch_size: int, workers: int = 4
-) -> Iterator[tuple[list[int], np.ndarray, dict[int, str]]]:
-    """Yields (indices, uint8 images (n, size, size, 3), {index: error}) per batch of `paths`.
-
-    Photos are decoded by a thread pool while the caller runs the encoder on the previous batch
-    (PIL releases the GIL while decoding), so the CNN rarely waits for the disk.
-    """
-    chunks = [range(i, min(i + batch_size, len(paths))) for i in range(0, len(paths), batch_size)]
-    with ThreadPoolExecutor(workers) as pool:
-
-        def submit(chunk):
-            return [pool.submit(try_load_image, paths[i], size) for i in chunk]
-
-        pending = submit(chunks[0]) if chunks else []
-        for number, chunk in enumerate(chunks):
-            results = [future.result() for future in pending]
-            if number + 1 < len(chunks):
-                pending = submit(chunks[number + 1])
-            good = [(i, r) for i, r in zip(chunk, results) if isinstance(r, np.ndarray)]
-            errors = {i: r for i, r in zip(chunk, results) if isinstance(r, str)}
-            images = (
-                np.stack([r for _, r in good]) if good else np.zeros((0, size, size, 3), np.uint8)
-            )
-            yield [i for i, _ in good], images, errors
-
-
-def make_encode_function(model, batch_size: int):
-    """A compiled forward pass on fixed-size batches (the last one is padded: no retracing).
-    Returns (count, features); a grid encoder's (rows, columns, channels) flattened cell by
-    cell, as the attention decoder reads them."""
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def forward(images):
-        return model(images, training=False)
-
-    def encode(images: np.ndarray) -> np.ndarray:
-        count = len(images)
-        if count < batch_size:
-            padding = np.zeros((batch_size - count, *images.shape[1:]), images.dtype)
-            images = np.concatenate([images, padding])
-        return forward(tf.constant(images, tf.float32)).numpy()[:count].reshape(count, -1)
-
-    return encode
-
-
 def default_cache_path(
     data_root: str | Path, encoder: str, mirrored: bool = False, grid: bool = False
 ) -> Path:
@@ -175,9 +128,8 @@ def default_cache_path(
 def extract_features(
     data_root: str | Path,
     cache_path: str | Path,
-    encoder: str = "inception_v3",
-    weights: str = "imagenet",
-    batch_size: int = 32,
+    encoder: EncoderConfig | None = None,
+    *,
     progress: bool = True,
     mirror: bool = False,
     grid: bool = False,
@@ -187,8 +139,8 @@ def extract_features(
     Args:
         data_root: a dataset folder in either layout (see captioner.data).
         cache_path: the pickle to create or extend; one cache holds one encoder's features.
-        encoder, weights: the registry name and "imagenet", "none" or a weights file.
-        batch_size: images per forward pass.
+        encoder: the encoder's registry name, weights ("imagenet", "none" or a weights file)
+            and batch size [default: EncoderConfig()].
         progress: show a tqdm progress bar.
         mirror: encode each photo flipped left to right instead (a second cache, which
             `train.mirror_probability` draws on to augment the training photos).
@@ -197,47 +149,61 @@ def extract_features(
     Returns:
         An ExtractSummary; unreadable images are listed in it, not raised.
     """
-    from tqdm import tqdm
-
     from captioner.data import load_dataset
-    from captioner.encoders import build_encoder, get_encoder, grid_cells
+    from captioner.encoders import get_encoder
 
     start = time.perf_counter()
-    spec = get_encoder(encoder)
+    encoder = encoder or EncoderConfig()
+    spec = get_encoder(encoder.name)
     dataset = load_dataset(data_root)
     cache_path = Path(cache_path)
     cache = None
     if cache_path.exists():
         cache = load_feature_cache(cache_path)
-        cache.check_encoder(cache_path, spec.name, weights, mirror, grid)
+        cache.check_encoder(cache_path, spec.name, encoder.weights, mirror, grid)
     names = sorted(name for name in dataset.captions if cache is None or name not in cache.features)
     summary = ExtractSummary(cache_path, 0, len(dataset.captions) - len(names), {}, 0.0)
     if names:
-        model = build_encoder(spec.name, weights, grid)
-        if cache is None:  # a grid's size is known once the encoder is built
-            cells = grid_cells(model) if grid else 0
-            dim = int(np.prod(model.output_shape[1:]))  # a grid's cells * channels
-            cache = FeatureCache(spec.name, spec.input_size, dim, weights, {}, mirror, cells)
-        dtype = np.float16 if grid else np.float32
-        encode = make_encode_function(model, batch_size)
         paths = [dataset.image_path(name) for name in names]
-        last_save = time.monotonic()
-        bar = tqdm(total=len(names), unit="img", desc=f"extract {spec.name}", disable=not progress)
-        try:
-            for indices, images, errors in batches_of_images(paths, spec.input_size, batch_size):
-                summary.failed.update({names[i]: why for i, why in errors.items()})
-                if len(images):
-                    if mirror:
-                        images = np.ascontiguousarray(images[:, :, ::-1])
-                    for i, vector in zip(indices, encode(images)):
-                        cache.features[names[i]] = vector.astype(dtype)
-                summary.encoded += len(images)
-                bar.update(len(indices) + len(errors))
-                if time.monotonic() - last_save > _SAVE_EVERY_SECONDS:
-                    cache.save(cache_path)
-                    last_save = time.monotonic()
-        finally:  # Ctrl-C or a crash keeps every finished image
-            bar.close()
-            cache.save(cache_path)
+        _encode_into_cache(cache, cache_path, encoder, names, paths, summary, progress, mirror,
+                           grid)  # fmt: skip
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _encode_into_cache(cache, cache_path, encoder: EncoderConfig, names, paths, summary,
+                       progress, mirror, grid) -> None:  # fmt: skip
+    """Encodes `paths` in batches into the cache (created if None), saved every minute and at
+    the end, even after Ctrl-C or a crash."""
+    from tqdm import tqdm
+
+    from captioner.encoders import build_encoder, get_encoder, grid_cells, make_encode_function
+
+    spec = get_encoder(encoder.name)
+    model = build_encoder(spec.name, encoder.weights, grid)
+    if cache is None:  # a grid's size is known once the encoder is built
+        cells = grid_cells(model) if grid else 0
+        dim = int(np.prod(model.output_shape[1:]))  # a grid's cells * channels
+        cache = FeatureCache(spec.name, spec.input_size, dim, encoder.weights, {}, mirror, cells)
+    dtype = np.float16 if grid else np.float32
+    encode = make_encode_function(model, encoder.batch_size)
+    last_save = time.monotonic()
+    bar = tqdm(total=len(names), unit="img", desc=f"extract {spec.name}", disable=not progress)
+    try:
+        for indices, images, errors in batches_of_images(
+            paths, spec.input_size, encoder.batch_size
+        ):
+            summary.failed.update({names[i]: why for i, why in errors.items()})
+            if len(images):
+                if mirror:
+                    images = np.ascontiguousarray(images[:, :, ::-1])
+                for i, vector in zip(indices, encode(images)):
+                    cache.features[names[i]] = vector.astype(dtype)
+            summary.encoded += len(images)
+            bar.update(len(indices) + len(errors))
+            if time.monotonic() - last_save > _SAVE_EVERY_SECONDS:
+                cache.save(cache_path)
+                last_save = time.monotonic()
+    finally:  # Ctrl-C or a crash keeps every finished image
+        bar.close()
+        cache.save(cache_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +48,30 @@ def find_images(paths: list[str | Path]) -> list[Path]:
         else:
             found.append(path)
     return found
+
+
+def batches_of_images(
+    paths: list[Path], size: int, batch_size: int, workers: int = 4
+) -> Iterator[tuple[list[int], np.ndarray, dict[int, str]]]:
+    """Yields (indices, uint8 images (n, size, size, 3), {index: error}) per batch of `paths`.
+
+    Photos are decoded by a thread pool while the caller runs the encoder on the previous batch
+    (PIL releases the GIL while decoding), so the CNN rarely waits for the disk.
+    """
+    chunks = [range(i, min(i + batch_size, len(paths))) for i in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(workers) as pool:
+
+        def submit(chunk):
+            return [pool.submit(try_load_image, paths[i], size) for i in chunk]
+
+        pending = submit(chunks[0]) if chunks else []
+        for number, chunk in enumerate(chunks):
+            results = [future.result() for future in pending]
+            if number + 1 < len(chunks):
+                pending = submit(chunks[number + 1])
+            good = [(i, r) for i, r in zip(chunk, results) if isinstance(r, np.ndarray)]
+            errors = {i: r for i, r in zip(chunk, results) if isinstance(r, str)}
+            images = (
+                np.stack([r for _, r in good]) if good else np.zeros((0, size, size, 3), np.uint8)
+            )
+            yield [i for i, _ in good], images, errors

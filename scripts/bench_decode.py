@@ -6,7 +6,8 @@ In one run, on the same trained model and the same cached features:
   seeds     the classic loop: per image, per word, `model.predict` on the prefix so far and
             the arg-max of its last position. Timed on --seed-images and extrapolated.
 
-    python scripts/bench_decode.py --run runs/flickr8k
+    python scripts/bench_decode.py                       # the shipped model on ../shared/flickr8k
+    python scripts/bench_decode.py --run runs/flickr8k-seed0 --data ../flickr8k
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--run", required=True, help="a run directory from `captioner train`")
+    parser.add_argument("--run", help="a run directory [default: the shipped model]")
+    parser.add_argument("--data", default="../shared/flickr8k", help="the dataset folder")
+    parser.add_argument(
+        "--features",
+        help="feature cache [default: the run's, else data/<dataset>-<encoder>.pkl]",
+    )
     parser.add_argument("--split", default="test")
     parser.add_argument("--seed-images", type=int, default=10)
     args = parser.parse_args()
@@ -32,14 +38,13 @@ def main():
     from captioner.config import DecodeConfig
     from captioner.data import load_dataset
     from captioner.decode import make_decoder
-    from captioner.features import load_feature_cache
     from captioner.model import DecoderSteps
-    from captioner.rundir import load_run
+    from captioner.rundir import load_run, load_run_features
     from captioner.text import END_ID, START_ID
 
     run = load_run(args.run)
-    names = load_dataset(run.info["data"]).splits[args.split]
-    features = load_feature_cache(run.info["features"]).matrix(names)
+    names = load_dataset(args.data).splits[args.split]
+    features = load_run_features(run, args.data, args.features)[0].matrix(names)
     model = run.load_model()
     steps, size = DecoderSteps(model), len(run.vocabulary)
     max_length = run.config.decode.max_length

@@ -45,10 +45,11 @@ def main():
     import keras
     import numpy as np
 
+    from captioner.config import EncoderConfig
     from captioner.data import load_dataset
-    from captioner.encoders import build_encoder, get_encoder
-    from captioner.features import batches_of_images, extract_features, make_encode_function
-    from captioner.images import load_image
+    from captioner.encoders import build_encoder, get_encoder, make_encode_function
+    from captioner.features import extract_features
+    from captioner.images import batches_of_images, load_image
 
     spec = get_encoder(args.encoder)
     dataset = load_dataset(args.data)
@@ -73,8 +74,8 @@ def main():
     # And the whole command, building the model, compiling and writing the cache included.
     with tempfile.TemporaryDirectory() as folder:
         data = temporary_dataset(dataset, names, Path(folder) / "data")
-        summary = extract_features(data, Path(folder) / "f.pkl", spec.name, "imagenet",
-                                   args.batch_size, progress=False)  # fmt: skip
+        encoder = EncoderConfig(spec.name, "imagenet", args.batch_size)
+        summary = extract_features(data, Path(folder) / "f.pkl", encoder, progress=False)
     whole = len(names) / summary.seconds
 
     seed_names = names[: args.seed_images]

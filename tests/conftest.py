@@ -9,6 +9,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import pytest  # noqa: E402
 
+from captioner.config import EncoderConfig  # noqa: E402
 from captioner.encoders import _REGISTRY, register_encoder  # noqa: E402
 from tests import synthetic  # noqa: E402
 
@@ -27,6 +28,10 @@ if TINY_ENCODER not in _REGISTRY:
         x = keras.layers.AveragePooling2D(4)(x)
         return keras.Model(images, x if grid else keras.layers.Flatten()(x), name="tiny_test")
 
+
+# extract_features settings for the tiny encoder (random weights: it has none to load).
+TINY = EncoderConfig(TINY_ENCODER, "none", 64)
+TINY_16 = EncoderConfig(TINY_ENCODER, "none", 16)
 
 TRAIN, DEV, TEST = 120, 20, 20
 

@@ -71,3 +71,33 @@ def test_bad_settings(tmp_path):
     assert fails("train", "--data", ".", "--config", tmp_path / "c.toml").startswith(
         f"Error: {tmp_path / 'c.toml'}: "
     )
+
+
+def test_train_refuses_an_encoder_that_did_not_make_the_cache(flickr8k_data, tmp_path):
+    cache = tmp_path / "lite0.pkl"
+    FeatureCache("efficientnet_lite0", 224, 4, "imagenet", {"x.jpg": np.zeros(4, np.float32)}).save(
+        cache
+    )
+    line = fails("train", "--data", flickr8k_data, "--encoder", "efficientnet_lite1",
+                 "--features", cache, "--run-dir", tmp_path / "run")  # fmt: skip
+    assert line.startswith(
+        f"Error: {cache}: made by encoder efficientnet_lite0 (weights imagenet), not "
+        "efficientnet_lite1"
+    )
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_an_ensemble_of_runs_with_different_vocabularies_is_refused(tmp_path):
+    import shutil
+
+    from captioner.rundir import shipped_run_dir
+    from captioner.text import Vocabulary
+
+    other = tmp_path / "other"
+    shutil.copytree(shipped_run_dir(), other)
+    Vocabulary.load(other / "vocabulary.json")  # a real one, then a smaller one over it
+    Vocabulary(["dog", "cat"], 1).save(other / "vocabulary.json")
+    line = fails("caption", "--run", shipped_run_dir(), "--run", other, "photo.jpg")
+    assert line == (
+        f"Error: {other}: an ensemble needs the same vocabulary and encoder as {shipped_run_dir()}"
+    )

@@ -51,6 +51,8 @@ def test_pipeline_learns_to_caption(flickr8k_data, tmp_path):
         "train",
         "--data",
         flickr8k_data,
+        "--encoder",
+        TINY_ENCODER,
         "--features",
         features,
         "--run-dir",

@@ -12,7 +12,7 @@ from PIL import Image
 from captioner.errors import CacheError
 from captioner.features import FeatureCache, extract_features, load_feature_cache
 from captioner.images import load_image
-from tests.conftest import TINY_ENCODER
+from tests.conftest import TINY, TINY_16, TINY_ENCODER
 
 
 class RunsCode:
@@ -50,13 +50,13 @@ def test_extract_skips_broken_photos_and_resumes(flickr8k_data, tmp_path):
     images = sorted((data / "Flicker8k_Dataset").iterdir())
     images[0].write_bytes(images[0].read_bytes()[:100])  # truncated JPEG
     cache = tmp_path / "f.pkl"
-    first = extract_features(data, cache, TINY_ENCODER, "none", 16, progress=False)
+    first = extract_features(data, cache, TINY_16, progress=False)
     assert first.encoded == 159 and list(first.failed) == [images[0].name]
     # An interrupted run left part of the cache: the next run does only the rest.
     partial = load_feature_cache(cache)
     partial.features = dict(list(partial.features.items())[:50])
     partial.save(cache)
-    second = extract_features(data, cache, TINY_ENCODER, "none", 16, progress=False)
+    second = extract_features(data, cache, TINY_16, progress=False)
     assert (second.encoded, second.already_cached) == (109, 50)
     assert len(load_feature_cache(cache).features) == 159
 
@@ -86,10 +86,8 @@ def test_exif_rotation_is_applied(tmp_path):
 
 
 def test_mirror_encodes_the_photos_flipped_into_a_cache_marked_as_such(flickr8k_data, tmp_path):
-    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY_ENCODER, "none", 64, progress=False)
-    extract_features(
-        flickr8k_data, tmp_path / "m.pkl", TINY_ENCODER, "none", 64, progress=False, mirror=True
-    )
+    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY, progress=False)
+    extract_features(flickr8k_data, tmp_path / "m.pkl", TINY, progress=False, mirror=True)
     plain, mirrored = load_feature_cache(tmp_path / "f.pkl"), load_feature_cache(tmp_path / "m.pkl")
     assert mirrored.mirrored and not plain.mirrored
     name = sorted(plain.features)[0]
@@ -100,16 +98,12 @@ def test_mirror_encodes_the_photos_flipped_into_a_cache_marked_as_such(flickr8k_
     with pytest.raises(CacheError, match="holds features of mirrored photos"):
         mirrored.check_encoder(tmp_path / "m.pkl", TINY_ENCODER)
     with pytest.raises(CacheError, match="extract --mirror"):
-        extract_features(
-            flickr8k_data, tmp_path / "f.pkl", TINY_ENCODER, "none", 64, False, mirror=True
-        )
+        extract_features(flickr8k_data, tmp_path / "f.pkl", TINY, progress=False, mirror=True)
 
 
 def test_grid_extraction_keeps_every_cell_in_half_precision(flickr8k_data, tmp_path):
-    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY_ENCODER, "none", 64, progress=False)
-    extract_features(
-        flickr8k_data, tmp_path / "g.pkl", TINY_ENCODER, "none", 64, progress=False, grid=True
-    )
+    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY, progress=False)
+    extract_features(flickr8k_data, tmp_path / "g.pkl", TINY, progress=False, grid=True)
     pooled, grid = load_feature_cache(tmp_path / "f.pkl"), load_feature_cache(tmp_path / "g.pkl")
     assert (grid.cells, grid.feature_dim) == (64, 192) and pooled.cells == 0
     name = sorted(pooled.features)[0]

@@ -14,8 +14,7 @@ CAT = Path(__file__).parent / "data" / "chelsea.jpg"
 def test_shipped_model_captions_a_photo_with_vocabulary_words_and_an_end():
     from captioner.config import DecodeConfig
     from captioner.decode import make_decoder
-    from captioner.encoders import build_encoder
-    from captioner.features import make_encode_function
+    from captioner.encoders import build_encoder, make_encode_function
     from captioner.images import load_image
     from captioner.model import DecoderSteps
     from captioner.rundir import load_run
