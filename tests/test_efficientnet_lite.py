@@ -38,8 +38,12 @@ def _isolated_cache(monkeypatch, cache_dir):
 
 @pytest.fixture(scope="session")
 def classifier(cache_dir):
-    """Lite0 with ImageNet weights and the 1000-class head (converts the .pth once)."""
-    return efl.load_efficientnet_lite(0, include_top=True, cache_dir=cache_dir)
+    """Lite0 with ImageNet weights and the 1000-class head (converts the .pth once).
+
+    Session-scoped fixtures run before the autouse ones, so this one sets the cache itself."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CAPTIONER_CACHE", str(cache_dir))
+        return efl.load_efficientnet_lite(0, include_top=True)
 
 
 @pytest.fixture(scope="session")
@@ -185,7 +189,7 @@ def test_converted_weights_are_cached_and_reused(classifier, cat_batch, cache_di
 
     monkeypatch.setattr(efl, "read_legacy_state_dict", must_not_be_called)
     monkeypatch.setattr(efl, "weights_file", must_not_be_called)
-    features = efl.load_efficientnet_lite(0)(cat_batch, training=False)  # cache dir from env
+    features = efl.load_efficientnet_lite(0)(cat_batch, training=False)  # cache: $CAPTIONER_CACHE
     assert features.shape == (1, efl.FEATURE_DIM)
     kernel, bias = classifier.get_layer("logits").get_weights()
     expected = np.asarray(classifier(cat_batch, training=False))
