@@ -17,12 +17,13 @@ import pytest
 from PIL import Image
 
 from captioner import efficientnet_lite as efl
+from captioner.efficientnet_lite import legacy_torch, weights
 
 CAT_IMAGE = Path(__file__).parent / "data" / "chelsea.jpg"
 CAT_CLASSES = {281, 282, 285}  # ImageNet: tabby, tiger cat, Egyptian cat
 # The three small pickles a legacy file starts with: magic number, protocol version, sys info.
 HEADER = b"".join(
-    pickle.dumps(h, protocol=2) for h in (efl._LEGACY_MAGIC, 1001, {"little_endian": True})
+    pickle.dumps(h, protocol=2) for h in (legacy_torch._LEGACY_MAGIC, 1001, {"little_endian": True})
 )
 
 
@@ -187,8 +188,8 @@ def test_converted_weights_are_cached_and_reused(classifier, cat_batch, cache_di
     def must_not_be_called(*args):
         raise AssertionError("the .pth was read again")
 
-    monkeypatch.setattr(efl, "read_legacy_state_dict", must_not_be_called)
-    monkeypatch.setattr(efl, "weights_file", must_not_be_called)
+    monkeypatch.setattr(weights, "read_legacy_state_dict", must_not_be_called)
+    monkeypatch.setattr(weights, "weights_file", must_not_be_called)
     features = efl.load_efficientnet_lite(0)(cat_batch, training=False)  # cache: $CAPTIONER_CACHE
     assert features.shape == (1, efl.FEATURE_DIM)
     kernel, bias = classifier.get_layer("logits").get_weights()
