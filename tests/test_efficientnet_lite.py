@@ -131,7 +131,7 @@ def test_reader_refuses_a_pickle_that_would_run_code(tmp_path, monkeypatch):
     state["bias"] = _RunsCode(marker)
     _write_legacy(tmp_path / "evil.pth", state, monkeypatch)
     assert b"system" in (tmp_path / "evil.pth").read_bytes()  # plain pickle.load would run it
-    with pytest.raises(ValueError, match="refusing to unpickle"):
+    with pytest.raises(ValueError, match=r"refusing to load \w+\.system"):
         efl.read_legacy_state_dict(tmp_path / "evil.pth")
     assert not marker.exists()
 

@@ -1,8 +1,9 @@
 """Reading a legacy (pre-1.6, non-zip) PyTorch ``state_dict`` file with the standard library.
 
 The file is five pickles (magic number, protocol, system info, the state_dict with storages as
-persistent ids, the storage keys) followed by the raw storages. The pickles go through a
-restricted unpickler that maps the few torch names a state_dict uses to safe stand-ins.
+persistent ids, the storage keys) followed by the raw storages. The pickles go through
+:class:`captioner.files.RestrictedUnpickler`, with the few torch names a state_dict uses mapped
+to safe stand-ins; any other global is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from captioner.files import RestrictedUnpickler
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 _MAX_MEMO = 1 << 20  # pickle memo entries; a Lite state_dict uses about 3,000
@@ -52,26 +55,24 @@ def _rebuild_tensor_v2(storage, offset, shape, stride, *_grad_hooks_metadata):
     return _TensorRef(storage, int(offset), tuple(map(int, shape)), tuple(map(int, stride)))
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the handful of names a state_dict pickle uses."""
+def _persistent_load(pid) -> _Storage:
+    """A storage's persistent id, as the legacy format writes it, to a :class:`_Storage`."""
+    # Legacy storages: ('storage', storage_type, key, location, numel, view_metadata).
+    if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
+        raise ValueError(f"unexpected persistent id {pid!r}")
+    _, dtype, key, _location, numel, view = pid
+    if dtype not in _STORAGE_DTYPES.values() or view is not None:
+        raise ValueError(f"unsupported storage {pid!r}")
+    return _Storage(str(key), dtype, int(numel))
 
-    def find_class(self, module, name):
-        if (module, name) == ("collections", "OrderedDict"):
-            return _StateDict
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _rebuild_tensor_v2
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]  # a plain string: marks the dtype, is not callable
-        raise ValueError(f"refusing to unpickle {module}.{name}: not part of a state_dict")
 
-    def persistent_load(self, pid):
-        # Legacy storages: ('storage', storage_type, key, location, numel, view_metadata).
-        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
-            raise ValueError(f"unexpected persistent id {pid!r}")
-        _, dtype, key, _location, numel, view = pid
-        if dtype not in _STORAGE_DTYPES.values() or view is not None:
-            raise ValueError(f"unsupported storage {pid!r}")
-        return _Storage(str(key), dtype, int(numel))
+# The handful of globals a state_dict pickle names, each resolved to a safe stand-in; the
+# storage types become plain strings, which mark the dtype and are not callable.
+_STATE_DICT_GLOBALS = {
+    ("collections", "OrderedDict"): _StateDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    **{("torch", name): dtype for name, dtype in _STORAGE_DTYPES.items()},
+}
 
 
 def _load_pickle(fh: io.BytesIO):
@@ -83,7 +84,7 @@ def _load_pickle(fh: io.BytesIO):
         if op.name.endswith("PUT") and arg > _MAX_MEMO:  # the C memo is an array this long
             raise ValueError(f"pickle memo index {arg} is implausibly large")
     fh.seek(start)
-    return _RestrictedUnpickler(fh).load()
+    return RestrictedUnpickler(fh, _STATE_DICT_GLOBALS, _persistent_load).load()
 
 
 def _load_pickles(fh: io.BytesIO) -> tuple[dict, list[str]]:
