@@ -104,18 +104,14 @@ def _converted_weights(variant: int) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_efficientnet_lite(
-    variant: int = 0,
-    include_top: bool = False,
-    pooling: str | None = "avg",
-    classifier_activation: str | None = None,
-) -> keras.Model:
-    """EfficientNet-Lite{variant} with ImageNet weights (see :func:`build_efficientnet_lite`).
+def load_efficientnet_lite(variant: int = 0, **options) -> keras.Model:
+    """EfficientNet-Lite{variant} with ImageNet weights.
 
-    The converted weights are cached in ``$CAPTIONER_CACHE``, else
-    ``$XDG_CACHE_HOME/captioner`` (default ``~/.cache/captioner``).
+    ``options`` are :func:`build_efficientnet_lite`'s, by keyword: include_top, pooling,
+    input_shape, classifier_activation. The converted weights are cached in
+    ``$CAPTIONER_CACHE``, else ``$XDG_CACHE_HOME/captioner`` (default ``~/.cache/captioner``).
     """
-    model = build_efficientnet_lite(variant, include_top, pooling, None, classifier_activation)
+    model = build_efficientnet_lite(variant, **options)
     arrays = _converted_weights(variant)
     for layer in model.layers:
         if layer.weights:
