@@ -118,6 +118,50 @@ def _repeated_ngram_bans(sequences, t, n: int):
     return tf.stack([where[:, 0], where[:, 1], tokens], axis=1)
 
 
+def _ban_repeated_ngrams(log_probs, sequences, t, n: int):
+    """log_probs (B, K, V) with -inf for every word that would repeat an n-gram of its beam."""
+    import tensorflow as tf
+
+    bans = _repeated_ngram_bans(sequences, t, n)
+    return tf.tensor_scatter_nd_update(
+        log_probs, bans, tf.fill([tf.shape(bans)[0]], float(_NEG_INF))
+    )
+
+
+def _best_ending_now(ended, sequences, t):
+    """Each image's best hypothesis among those that end at step t (t words + <end>).
+
+    ended: (B, K) normalized scores of ending now; sequences: (B, K, L) words so far.
+    Returns its score (B,) and its words (B, L), <end> at position t.
+    """
+    import tensorflow as tf
+
+    k_best = tf.argmax(ended, axis=1, output_type=tf.int32)
+    sequence = tf.gather(sequences, k_best, batch_dims=1)  # (B, L)
+    sequence = tf.where(tf.range(tf.shape(sequences)[2])[None] == t, END_ID, sequence)
+    return tf.reduce_max(ended, axis=1), sequence
+
+
+def _go_on(candidates, sequences, state, t):
+    """The K best (beam, word) pairs other than <end> become the new beams.
+
+    candidates: (B, K, V) log P of each beam followed by each word. Returns the beams' log P
+    (B, K), their words (B, K, L), the decoder state reordered to them, and their last words.
+    """
+    import tensorflow as tf
+
+    B, K, V = tf.shape(candidates)[0], candidates.shape[1], candidates.shape[2]
+    candidates = tf.where(tf.range(V) == END_ID, float(_NEG_INF), candidates)
+    alive, flat = tf.math.top_k(tf.reshape(candidates, [B, K * V]), k=K)  # (B, K)
+    parent, tokens = flat // V, flat % V
+    sequences = tf.gather(sequences, parent, batch_dims=1)
+    L = tf.shape(sequences)[2]
+    sequences = tf.where(tf.range(L)[None, None] == t, tokens[:, :, None], sequences)
+    rows = tf.reshape(parent + tf.range(B)[:, None] * K, [-1])
+    state = [tf.ensure_shape(tf.gather(s, rows), s.shape) for s in state]
+    return alive, sequences, state, tf.reshape(tokens, [-1])
+
+
 def make_beam_search(
     steps,
     vocabulary_size: int,
@@ -152,29 +196,16 @@ def make_beam_search(
             mask = banned_first if t == 0 else banned
             log_probs = tf.reshape(log_probs + mask, [B, K, V])
             if no_repeat_ngram > 1:
-                bans = _repeated_ngram_bans(sequences, t, no_repeat_ngram)
-                log_probs = tf.tensor_scatter_nd_update(
-                    log_probs, bans, tf.fill([tf.shape(bans)[0]], float(_NEG_INF))
-                )
+                log_probs = _ban_repeated_ngrams(log_probs, sequences, t, no_repeat_ngram)
             candidates = alive[:, :, None] + log_probs  # (B, K, V)
-            # 1. Hypotheses that end here: t words + <end>.
-            ended = normalize(candidates[:, :, END_ID], t + 1)  # (B, K)
-            k_best = tf.argmax(ended, axis=1, output_type=tf.int32)
-            ended_best = tf.reduce_max(ended, axis=1)
-            ended_sequence = tf.gather(sequences, k_best, batch_dims=1)  # (B, L)
-            ended_sequence = tf.where(tf.range(L)[None] == t, END_ID, ended_sequence)
+            # 1. Hypotheses that end here replace the finished one they beat.
+            ended = normalize(candidates[:, :, END_ID], t + 1)
+            ended_best, ended_sequence = _best_ending_now(ended, sequences, t)
             better = ended_best > best_score
             best_score = tf.where(better, ended_best, best_score)
             best_sequence = tf.where(better[:, None], ended_sequence, best_sequence)
-            # 2. Hypotheses that go on: the K best (beam, word) pairs other than <end>.
-            candidates = tf.where(tf.range(V) == END_ID, float(_NEG_INF), candidates)
-            alive, flat = tf.math.top_k(tf.reshape(candidates, [B, K * V]), k=K)  # (B, K)
-            parent, tokens_bk = flat // V, flat % V
-            sequences = tf.gather(sequences, parent, batch_dims=1)
-            sequences = tf.where(tf.range(L)[None, None] == t, tokens_bk[:, :, None], sequences)
-            rows = tf.reshape(parent + tf.range(B)[:, None] * K, [-1])
-            state = [tf.ensure_shape(tf.gather(s, rows), s.shape) for s in state]
-            tokens = tf.reshape(tokens_bk, [-1])
+            # 2. Hypotheses that go on.
+            alive, sequences, state, tokens = _go_on(candidates, sequences, state, t)
             # 3. Stop when no live beam can still beat the finished one at any length.
             hope = normalize(tf.reduce_max(alive, axis=1), L + 1)
             if tf.reduce_all(best_score >= hope):

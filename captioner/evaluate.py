@@ -65,16 +65,7 @@ def evaluate(
     hypotheses = [run.vocabulary.decode(row) for row in decoder(arrays.features)]
     refs = references(dataset, arrays.names)
     scores, image_cider = score_captions(refs, hypotheses)
-    per_image = [
-        {
-            "image": name,
-            "caption": " ".join(words),
-            "references": [" ".join(r) for r in image_refs],
-            "bleu4": round(sentence_bleu4(image_refs, words), 4),
-            "cider_d": round(cider, 4),
-        }
-        for name, words, image_refs, cider in zip(arrays.names, hypotheses, refs, image_cider)
-    ]
+    per_image = _per_image(arrays.names, hypotheses, refs, image_cider)
     # The shipped model's folder may be read-only: its results go to the current folder.
     name = f"captions-{split}-{decoding_name(decode)}{'-ensemble' if len(runs) > 1 else ''}.json"
     captions_path = (Path(".") if run.shipped else run.directory) / name
@@ -92,3 +83,17 @@ def evaluate(
         per_image,
         dataset.images_dir,
     )
+
+
+def _per_image(names, hypotheses, refs, image_cider) -> list[dict]:
+    """Each image's caption beside its references, with its own BLEU-4 and CIDEr-D."""
+    return [
+        {
+            "image": name,
+            "caption": " ".join(words),
+            "references": [" ".join(r) for r in image_refs],
+            "bleu4": round(sentence_bleu4(image_refs, words), 4),
+            "cider_d": round(cider, 4),
+        }
+        for name, words, image_refs, cider in zip(names, hypotheses, refs, image_cider)
+    ]
