@@ -13,7 +13,7 @@ import numpy as np
 
 from captioner.data import Dataset
 from captioner.errors import CacheError, DataError
-from captioner.features import FeatureCache, default_cache_path, load_feature_cache
+from captioner.store import FeatureCache, FeatureRows, default_cache_path, load_feature_cache
 from captioner.text import Vocabulary, clean_caption, teacher_forcing_arrays
 
 
@@ -22,11 +22,12 @@ class CaptionArrays:
     """One split as arrays: features once per image, captions as padded ids."""
 
     names: list[str]  # image names; row i of `features`
-    features: np.ndarray  # (images, D) float32 (float16 for grids)
+    # (images, D) float32 (float16 for grids): in memory, or rows read from the cache on demand
+    features: np.ndarray | FeatureRows
     image_rows: np.ndarray  # (captions,) int32: which feature row each caption belongs to
     inputs: np.ndarray  # (captions, max_words + 1) int32: <start> w1 .. wn <pad> ..
     targets: np.ndarray  # (captions, max_words + 1) int32: w1 .. wn <end> <pad> ..
-    mirrored: np.ndarray | None = None  # (images, D): features of the photos flipped, if any
+    mirrored: np.ndarray | FeatureRows | None = None  # (images, D): the photos flipped, if any
 
     @property
     def lengths(self) -> np.ndarray:
@@ -34,13 +35,22 @@ class CaptionArrays:
 
 
 def caption_arrays(
-    dataset: Dataset, split: str, cache: FeatureCache, vocabulary: Vocabulary, max_words: int
+    dataset: Dataset,
+    split: str,
+    cache: FeatureCache,
+    vocabulary: Vocabulary,
+    max_words: int,
+    lazy: bool | None = None,
 ) -> CaptionArrays:
-    """Builds the arrays of one split; every image must have its features in the cache."""
+    """Builds the arrays of one split; every image must have its features in the cache.
+
+    lazy: leave the features in the cache, read when indexed (FeatureRows), instead of copying
+    them into memory [default: the cache's own choice, `FeatureCache.lazy`].
+    """
     names = dataset.splits[split]
     if not names:
         raise DataError(f"{dataset.root}: the {split} split has no images with captions")
-    missing = [name for name in names if name not in cache.features]
+    missing = [name for name in names if name not in cache]
     if missing:
         raise CacheError(
             f"{len(missing)} {split} images have no features in the cache (e.g. {missing[0]}): "
@@ -52,7 +62,12 @@ def caption_arrays(
             rows.append(row)
             captions.append(vocabulary.encode(clean_caption(caption)))
     inputs, targets = teacher_forcing_arrays(captions, max_words)
-    return CaptionArrays(names, cache.matrix(names), np.asarray(rows, np.int32), inputs, targets)
+    features = _features(cache, names, lazy)
+    return CaptionArrays(names, features, np.asarray(rows, np.int32), inputs, targets)
+
+
+def _features(cache: FeatureCache, names: list[str], lazy: bool | None):
+    return cache.rows(names) if (cache.lazy if lazy is None else lazy) else cache.matrix(names)
 
 
 def references(dataset: Dataset, names: list[str]) -> list[list[list[str]]]:
@@ -61,17 +76,17 @@ def references(dataset: Dataset, names: list[str]) -> list[list[list[str]]]:
 
 
 def mirrored_features(
-    data_root, cache: FeatureCache, names: list[str], path: str | Path | None
-) -> np.ndarray:
+    data_root, cache: FeatureCache, names: list[str], path: str | Path | None, lazy=None
+) -> np.ndarray | FeatureRows:
     """Features of the mirrored photos of `names`, from the cache `extract --mirror` wrote with
     the same encoder and weights as `cache`."""
     path = path or default_cache_path(data_root, cache.encoder, True, cache.cells > 0)
     mirrored = load_feature_cache(path)
     mirrored.check_encoder(path, cache.encoder, cache.weights, mirrored=True, grid=cache.cells > 0)
-    missing = [name for name in names if name not in mirrored.features]
+    missing = [name for name in names if name not in mirrored]
     if missing:
         raise CacheError(
             f"{path}: {len(missing)} train images have no mirrored features (e.g. "
             f"{missing[0]}): run `captioner extract --mirror` on this dataset"
         )
-    return mirrored.matrix(names)
+    return _features(mirrored, names, lazy)

@@ -116,26 +116,32 @@ def _default_run_dir(data: str, encoder: str) -> Path:
 @click.option("--weights", help='"imagenet" (default), "none" (random) or a weights file.')
 @click.option(
     "--features",
-    type=click.Path(dir_okay=False),
-    help="Cache file to create or extend [default: data/<dataset>-<encoder>.pkl].",
+    type=click.Path(),
+    help="Cache folder to create or extend [default: data/<dataset>-<encoder>].",
 )
 @click.option("--batch-size", type=click.IntRange(1), help="Images per forward pass.")
 @click.option(
     "--mirror",
     is_flag=True,
     help="Encode the photos flipped left to right, into their own cache "
-    "[default: data/<dataset>-<encoder>-mirrored.pkl], for train.mirror_probability.",
+    "[default: data/<dataset>-<encoder>-mirrored], for train.mirror_probability.",
 )
 @click.option(
     "--grid",
     is_flag=True,
     help="Keep each photo's grid of feature cells instead of their average, into their own "
-    "cache [default: data/<dataset>-<encoder>-grid.pkl], for model.decoder=attention.",
+    "cache [default: data/<dataset>-<encoder>-grid], for model.decoder=attention.",
+)
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Encode only the I-th of N slices of the photos into the same --features folder "
+    "(run the N shards anywhere, at once or not; the later stages read them as one cache).",
 )
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @config_options
-def extract(data, encoder, weights, features, batch_size, mirror, grid, progress, config_path,
-            assignments):  # fmt: skip
+def extract(data, encoder, weights, features, batch_size, mirror, grid, shard, progress,
+            config_path, assignments):  # fmt: skip
     """Encode every captioned photo of a dataset once and cache the feature vectors.
 
     Re-running adds only the photos the cache lacks; unreadable photos are listed and skipped.
@@ -143,19 +149,29 @@ def extract(data, encoder, weights, features, batch_size, mirror, grid, progress
     \b
       captioner extract --data ../flickr8k --encoder efficientnet_lite0
     """
-    from captioner.features import default_cache_path, extract_features
+    from captioner.features import extract_features
+    from captioner.store import default_cache_path
 
     config = _load(
         config_path,
         assignments,
         encoder={"name": encoder, "weights": weights, "batch_size": batch_size},
     )
-    cache = features or default_cache_path(data, config.encoder.name, mirror, grid)
+    from captioner.shards import parse_shard
+
+    cache = features or default_cache_path(data, config.encoder.name, mirror, grid, legacy=False)
     summary = extract_features(
-        data, cache, config.encoder, progress=progress, mirror=mirror, grid=grid
+        data,
+        cache,
+        config.encoder,
+        progress=progress,
+        mirror=mirror,
+        grid=grid,
+        shard=parse_shard(shard),
     )
+    where = "" if summary.shard.whole else f" of shard {summary.shard}"
     click.echo(
-        f"encoded {summary.encoded} images ({summary.already_cached} already cached) "
+        f"encoded {summary.encoded} images{where} ({summary.already_cached} already cached) "
         f"in {summary.seconds:.1f} s -> {summary.cache_path}"
     )
     for name, why in sorted(summary.failed.items()):
@@ -167,15 +183,14 @@ def extract(data, encoder, weights, features, batch_size, mirror, grid, progress
 @click.option("--encoder", help="Which encoder's features to train on (default inception_v3).")
 @click.option(
     "--features",
-    type=click.Path(dir_okay=False),
-    help="Feature cache [default: data/<dataset>-<encoder>.pkl, or -grid.pkl for "
-    "model.decoder=attention].",
+    type=click.Path(),
+    help="Feature cache [default: data/<dataset>-<encoder>, or -grid for model.decoder=attention].",
 )
 @click.option(
     "--mirrored-features",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help="Cache of `extract --mirror`, used if train.mirror_probability > 0 "
-    "[default: data/<dataset>-<encoder>-mirrored.pkl].",
+    "[default: data/<dataset>-<encoder>-mirrored].",
 )
 @click.option(
     "--run-dir",
@@ -209,7 +224,7 @@ def train(
     \b
       captioner train --data ../flickr8k --encoder efficientnet_lite0 --epochs 20
     """
-    from captioner.features import default_cache_path
+    from captioner.store import default_cache_path
     from captioner.train import train as train_decoder
 
     config = _load(
@@ -241,9 +256,7 @@ def train(
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False),
               help="Where the fine-tuned run goes (a new run directory).")  # fmt: skip
 @click.option("--data", type=click.Path(), help="Dataset folder [default: the run's].")
-@click.option(
-    "--features", type=click.Path(dir_okay=False), help="Feature cache [default: the run's]."
-)
+@click.option("--features", type=click.Path(), help="Feature cache [default: the run's].")
 @click.option(
     "--epochs", type=click.IntRange(1), help="Most epochs (early stopping may end sooner)."
 )
@@ -327,9 +340,7 @@ def caption(images, run_dirs, save, beam, max_length, length_penalty, no_repeat_
     help="Which split to score.",
 )
 @click.option("--data", type=click.Path(), help="Dataset folder [default: the run's].")
-@click.option(
-    "--features", type=click.Path(dir_okay=False), help="Feature cache [default: the run's]."
-)
+@click.option("--features", type=click.Path(), help="Feature cache [default: the run's].")
 @click.option(
     "--report",
     type=click.Path(dir_okay=False),

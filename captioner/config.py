@@ -95,10 +95,20 @@ class TrainConfig:
     precision: str = "float32"
     # XLA compilation of the training step: measured no faster on a 2-core CPU (README), so off.
     jit_compile: bool = False
+    # Where the split's features are during training: "memory" (copied in), "lazy" (read from
+    # the cache batch by batch: a cache larger than RAM), or "auto": lazy for grids and for
+    # pooled caches over 256 MB (captioner.store.LAZY_BYTES).
+    feature_reading: str = "auto"
 
     def __post_init__(self):
         _check_choice("train.precision", self.precision, PRECISIONS)
         _check_choice("train.select_by", self.select_by, ("val_loss", "val_bleu4"))
+        _check_choice("train.feature_reading", self.feature_reading, ("auto", "memory", "lazy"))
+
+    @property
+    def lazy_features(self) -> bool | None:
+        """True/False when told, None to let the cache decide."""
+        return {"auto": None, "memory": False, "lazy": True}[self.feature_reading]
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import os
 import pickle
 import tempfile
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 # The umask can only be read by setting it; read once at import, before any threads start.
@@ -24,13 +25,21 @@ def write_atomic(path: str | Path, data: bytes) -> None:
 
     A crash or Ctrl-C leaves either the old file or the new one, never half of one.
     """
+    with atomic_file(path) as file:
+        file.write(data)
+
+
+@contextmanager
+def atomic_file(path: str | Path):
+    """A binary file to write that appears at `path` whole, or not at all, when the block ends
+    (for data too large to build as bytes first, e.g. a part of a feature store)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         usual_permissions(temporary)
         with os.fdopen(handle, "wb") as file:
-            file.write(data)
+            yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)

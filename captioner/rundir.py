@@ -182,7 +182,7 @@ def load_run_features(run: Run, data_root: str | Path, path: str | Path | None =
     """The feature cache of `run`'s encoder: `path`, else the one it was trained on, else (a run
     trained on another machine, e.g. the shipped model) `extract`'s default for `data_root`.
     Returns (cache, its path); raises CacheError if another encoder or kind made it."""
-    from captioner.features import default_cache_path, load_feature_cache
+    from captioner.store import default_cache_path, load_feature_cache
 
     encoder = run.encoder
     path = path or run.info.get("features")

@@ -16,10 +16,10 @@ import numpy as np
 from captioner.arrays import CaptionArrays, caption_arrays, mirrored_features, references
 from captioner.config import Config, TrainConfig
 from captioner.data import Dataset, load_dataset
-from captioner.features import load_feature_cache
 from captioner.recorder import RunRecorder, seed_everything
 from captioner.rundir import TENSORBOARD_DIR, EncoderInfo
 from captioner.scoring import dev_scores_function
+from captioner.store import load_feature_cache
 from captioner.text import Vocabulary, build_vocabulary
 
 # Batches hold captions whose lengths (words + 1) fall between the same boundaries.
@@ -32,48 +32,78 @@ def make_batches(
     shuffle: bool,
     seed: int = 0,
     mirror_probability: float = 0.0,
+    epochs: tuple[int, int] = (0, 1),
 ):
-    """tf.data pipeline of ((features, inputs), targets, weights), weights = targets != <pad>.
+    """tf.data pipeline of ((features, inputs), targets, weights), weights = targets != <pad>,
+    for the epochs first..last-1 of `epochs`, `count_batches` batches each.
 
-    With `mirror_probability` > 0 (and `arrays.mirrored`), each caption is paired with its
-    photo's mirrored features instead with that probability, drawn anew every epoch (seeded).
+    An epoch's caption order (with `shuffle`) and mirror draws come from (seed, epoch) alone, so
+    a run resumed at epoch k sees the batches an uninterrupted run saw, and no shuffle buffer
+    grows with the dataset. With `mirror_probability` > 0 (and `arrays.mirrored`), each caption
+    is paired with its photo's mirrored features instead with that probability.
     """
     import tensorflow as tf
 
-    data = tf.data.Dataset.from_tensor_slices(
-        (arrays.image_rows, arrays.inputs, arrays.targets, arrays.lengths)
-    )
-    if mirror_probability > 0:
-        # Rows N.. of the feature table are the mirrored photos: row r becomes r + N.
-        features = tf.constant(np.concatenate([arrays.features, arrays.mirrored]))
-        images = len(arrays.features)
-        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    count = len(arrays.inputs)
+    columns = [tf.constant(a) for a in (arrays.image_rows, arrays.inputs, arrays.targets)]
+    lengths = tf.constant(arrays.lengths)
+    images = len(arrays.features)
+    lookup = _feature_lookup(arrays, mirror_probability > 0)
 
-        def maybe_mirror(example, draw):
-            row, x, y, n = example
-            mirrored = tf.cast(draw % 1_000_000, tf.float32) < mirror_probability * 1e6
-            return tf.where(mirrored, row + images, row), x, y, n
-
-        data = tf.data.Dataset.zip((data, draws)).map(maybe_mirror)
-    else:
-        features = tf.constant(arrays.features)
-    if shuffle:
-        data = data.shuffle(len(arrays.inputs), seed=seed, reshuffle_each_iteration=True)
-    data = data.map(lambda row, x, y, n: (row, x[:n], y[:n]))
-    data = data.bucket_by_sequence_length(
-        lambda row, x, y: tf.shape(x)[0],
-        bucket_boundaries=_LENGTH_BOUNDARIES,
-        bucket_batch_sizes=[batch_size] * (len(_LENGTH_BOUNDARIES) + 1),
-    )
+    def one_epoch(epoch):
+        epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order = tf.range(count)
+        if shuffle:
+            order = tf.argsort(tf.random.stateless_uniform([count], epoch_seed))
+        rows, x, y = (tf.gather(column, order) for column in columns)
+        if mirror_probability > 0:  # rows images.. of the lookup are the mirrored photos
+            flip = tf.random.stateless_uniform([count], epoch_seed + [1, 0]) < mirror_probability
+            rows = tf.where(flip, rows + images, rows)
+        data = tf.data.Dataset.from_tensor_slices((rows, x, y, tf.gather(lengths, order)))
+        data = data.map(lambda row, x, y, n: (row, x[:n], y[:n]))
+        return data.bucket_by_sequence_length(
+            lambda row, x, y: tf.shape(x)[0],
+            bucket_boundaries=_LENGTH_BOUNDARIES,
+            bucket_batch_sizes=[batch_size] * (len(_LENGTH_BOUNDARIES) + 1),
+        )
 
     def to_model(rows, x, y):
         weights = tf.cast(tf.not_equal(y, 0), tf.float32)
-        return (tf.gather(features, rows), x), y, weights
+        return (lookup(rows), x), y, weights
 
+    data = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
     data = data.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
     # Known length: Keras shows real progress and does not warn that the data "ran out".
-    data = data.apply(tf.data.experimental.assert_cardinality(count_batches(arrays, batch_size)))
+    batches = count_batches(arrays, batch_size) * (epochs[1] - epochs[0])
+    data = data.apply(tf.data.experimental.assert_cardinality(batches))
     return data.prefetch(tf.data.AUTOTUNE)
+
+
+def _feature_lookup(arrays: CaptionArrays, with_mirrored: bool):
+    """rows (B,) -> features (B, D): from a constant when the features are in memory, else read
+    from the cache for each batch (`FeatureRows`: a cache larger than RAM streams from disk).
+    Rows from len(arrays.features) on are the mirrored photos'."""
+    import tensorflow as tf
+
+    tables = [arrays.features] + ([arrays.mirrored] if with_mirrored else [])
+    if all(isinstance(table, np.ndarray) for table in tables):
+        constant = tf.constant(np.concatenate(tables) if with_mirrored else tables[0])
+        return lambda rows: tf.gather(constant, rows)
+    images, shape = len(arrays.features), arrays.features.shape
+
+    def take(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), shape[1]), arrays.features.dtype)
+        plain = rows < images
+        out[plain] = tables[0][rows[plain]]
+        if not plain.all():
+            out[~plain] = tables[1][rows[~plain] - images]
+        return out
+
+    def lookup(rows):
+        features = tf.numpy_function(take, [rows], tf.as_dtype(arrays.features.dtype), False)
+        return tf.ensure_shape(features, [None, shape[1]])
+
+    return lookup
 
 
 def count_batches(arrays: CaptionArrays, batch_size: int) -> int:
@@ -179,17 +209,19 @@ def _prepare(data_root, features_path, config: Config, mirrored_features_path) -
     text = config.text
     train_captions = references(dataset, dataset.splits["train"])
     vocabulary = build_vocabulary((c for refs in train_captions for c in refs), text.min_word_count)
-    train_arrays = caption_arrays(dataset, "train", cache, vocabulary, text.max_caption_words)
-    dev_arrays = caption_arrays(dataset, "dev", cache, vocabulary, text.max_caption_words)
+    lazy = config.train.lazy_features
+    train_arrays = caption_arrays(dataset, "train", cache, vocabulary, text.max_caption_words, lazy)
+    dev_arrays = caption_arrays(dataset, "dev", cache, vocabulary, text.max_caption_words, lazy)
     if config.train.mirror_probability > 0:
         train_arrays.mirrored = mirrored_features(
-            data_root, cache, train_arrays.names, mirrored_features_path
+            data_root, cache, train_arrays.names, mirrored_features_path, lazy
         )
     encoder = EncoderInfo(
         cache.encoder, cache.input_size, cache.feature_dim, cache.weights, cache.cells
     )
-    # The arrays hold copies of the features they need; the cache (a grid cache is 1.3 GB for
-    # Flickr8k) is dropped when this returns.
+    # In memory, the arrays hold copies of the features they need: the cache's memory-mapped
+    # parts are released when this returns (a grid cache is 1.3 GB for Flickr8k). Lazy, they
+    # keep reading from it.
     return _Prepared(dataset, vocabulary, encoder, train_arrays, dev_arrays)
 
 
@@ -210,7 +242,9 @@ def _fit(model, prepared: _Prepared, config: Config, recorder: RunRecorder, prog
             True,
             settings.seed,
             settings.mirror_probability,
+            epochs=(0, settings.epochs),
         ),
+        steps_per_epoch=count_batches(prepared.train, settings.batch_size),
         validation_data=make_batches(dev, settings.batch_size, False),
         epochs=settings.epochs,
         shuffle=False,  # tf.data shuffles (seeded); Keras cannot shuffle a Dataset anyway

@@ -6,7 +6,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from captioner.cli import cli
-from captioner.features import FeatureCache
+from captioner.store import CacheInfo, write_feature_cache
 from tests.conftest import TINY_ENCODER
 
 
@@ -34,8 +34,9 @@ def test_captions_in_neither_layout(tmp_path):
 
 
 def test_cache_from_another_encoder(flickr8k_data, tmp_path):
-    cache = tmp_path / "f.pkl"
-    FeatureCache("vgg16", 224, 4, "imagenet", {"x.jpg": np.zeros(4, np.float32)}).save(cache)
+    cache = write_feature_cache(
+        tmp_path / "f", CacheInfo("vgg16", 224, 4, "imagenet"), ["x.jpg"], np.zeros((1, 4))
+    )
     line = fails("extract", "--data", flickr8k_data, "--encoder", TINY_ENCODER, "--weights", "none",
                  "--features", cache)  # fmt: skip
     assert line == (
@@ -74,10 +75,8 @@ def test_bad_settings(tmp_path):
 
 
 def test_train_refuses_an_encoder_that_did_not_make_the_cache(flickr8k_data, tmp_path):
-    cache = tmp_path / "lite0.pkl"
-    FeatureCache("efficientnet_lite0", 224, 4, "imagenet", {"x.jpg": np.zeros(4, np.float32)}).save(
-        cache
-    )
+    info = CacheInfo("efficientnet_lite0", 224, 4, "imagenet")
+    cache = write_feature_cache(tmp_path / "lite0", info, ["x.jpg"], np.zeros((1, 4)))
     line = fails("train", "--data", flickr8k_data, "--encoder", "efficientnet_lite1",
                  "--features", cache, "--run-dir", tmp_path / "run")  # fmt: skip
     assert line.startswith(

@@ -39,7 +39,7 @@ def run(*args):
 
 
 def test_pipeline_learns_to_caption(flickr8k_data, tmp_path):
-    features = tmp_path / "features.pkl"
+    features = tmp_path / "features"
     extract = ["extract", "--data", flickr8k_data, "--encoder", TINY_ENCODER, "--weights", "none",
                "--features", features, "--no-progress"]  # fmt: skip
     assert "encoded 160 images (0 already cached)" in run(*extract)
@@ -104,7 +104,7 @@ def test_pipeline_learns_to_caption(flickr8k_data, tmp_path):
 def test_attention_decoder_learns_from_the_grid_and_captions_photos(flickr8k_data, tmp_path):
     extract = ["extract", "--data", flickr8k_data, "--encoder", TINY_ENCODER, "--weights", "none",
                "--no-progress"]  # fmt: skip
-    run(*extract, "--grid")  # into data/<dataset>-tiny_test-grid.pkl, where train looks for it
+    run(*extract, "--grid")  # into data/<dataset>-tiny_test-grid/, where train looks for it
     train = ["train", "--data", flickr8k_data, "--encoder", TINY_ENCODER, "--epochs", 40,
              "--batch-size", 32, "--learning-rate", 0.01, "--no-progress",
              "--set", "train.early_stopping_patience=0", "--set", "model.decoder=attention",
@@ -132,6 +132,6 @@ def test_attention_decoder_learns_from_the_grid_and_captions_photos(flickr8k_dat
     # Pooled features are refused with the command that makes grids.
     run(*extract)
     pooled = CliRunner().invoke(cli, [str(a) for a in train] + ["--features",
-                                "data/" + flickr8k_data.name + f"-{TINY_ENCODER}.pkl"])  # fmt: skip
+                                "data/" + flickr8k_data.name + f"-{TINY_ENCODER}"])  # fmt: skip
     assert pooled.exit_code == 1 and "holds pooled features" in pooled.output
     assert "extract --grid" in pooled.output and "Traceback" not in pooled.output

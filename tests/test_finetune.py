@@ -70,14 +70,14 @@ def test_finetune_writes_a_run_that_evaluates_and_keeps_its_best_epoch(flickr8k_
     from captioner.train import train
     from tests.conftest import TINY, TINY_ENCODER
 
-    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY, progress=False)
+    extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False)
     config = merge(Config(), {
         "encoder": {"name": TINY_ENCODER},
         "model": {"units": 32, "embedding_dim": 16, "dropout": 0.0},
         "text": {"min_word_count": 1},
         "train": {"epochs": 4, "learning_rate": 0.01, "batch_size": 32},
     })  # fmt: skip
-    train(flickr8k_data, tmp_path / "f.pkl", tmp_path / "run", config, progress=False)
+    train(flickr8k_data, tmp_path / "f", tmp_path / "run", config, progress=False)
 
     args = ["finetune", "--run", tmp_path / "run", "--run-dir", tmp_path / "scst",
             "--epochs", 2, "--no-progress",

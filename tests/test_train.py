@@ -93,14 +93,14 @@ def test_mixed_precision_trains_and_leaves_float32_behind(flickr8k_data, tmp_pat
     from captioner.train import train
     from tests.conftest import TINY, TINY_ENCODER
 
-    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY, progress=False)
+    extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False)
     config = merge(Config(), {
         "encoder": {"name": TINY_ENCODER},
         "model": {"units": 16, "embedding_dim": 8},
         "text": {"min_word_count": 1},
         "train": {"epochs": 2, "precision": "mixed_bfloat16"},
     })  # fmt: skip
-    summary = train(flickr8k_data, tmp_path / "f.pkl", tmp_path / "run", config, progress=False)
+    summary = train(flickr8k_data, tmp_path / "f", tmp_path / "run", config, progress=False)
     assert summary.epochs_run == 2 and np.isfinite(summary.best_val_loss)
     assert keras.mixed_precision.global_policy().name == "float32"
     history = json.loads((tmp_path / "run" / "history.json").read_text())
@@ -116,14 +116,14 @@ def test_the_best_epoch_can_be_chosen_by_dev_bleu(flickr8k_data, tmp_path):
     from captioner.train import train
     from tests.conftest import TINY, TINY_ENCODER
 
-    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY, progress=False)
+    extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False)
     config = merge(Config(), {
         "encoder": {"name": TINY_ENCODER},
         "model": {"units": 32, "embedding_dim": 16, "dropout": 0.0},
         "text": {"min_word_count": 1},
         "train": {"epochs": 6, "select_by": "val_bleu4", "learning_rate": 0.01},
     })  # fmt: skip
-    summary = train(flickr8k_data, tmp_path / "f.pkl", tmp_path / "run", config, progress=False)
+    summary = train(flickr8k_data, tmp_path / "f", tmp_path / "run", config, progress=False)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     bleu = [h["val_bleu4"] for h in history]
     assert summary.best_epoch == 1 + bleu.index(max(bleu))
@@ -167,23 +167,44 @@ def test_mirroring_swaps_in_the_mirrored_features_at_the_asked_rate_anew_each_ep
     inputs, targets = teacher_forcing_arrays([[5, 6]] * captions, max_words=3)
     arrays = CaptionArrays([str(i) for i in range(images)], features, rows, inputs, targets)
     arrays.mirrored = mirrored
-    batches = make_batches(arrays, 500, shuffle=False, seed=1, mirror_probability=0.3)
 
-    def mirrored_mask():
-        seen = [f.numpy() for (f, _), _, _ in batches]
-        taken = np.concatenate(seen)
-        is_mirrored = np.isclose(taken, -features[rows]).all(axis=1)
-        assert (is_mirrored | np.isclose(taken, features[rows]).all(axis=1)).all()
+    def mirrored_masks(epochs):
+        batches = make_batches(arrays, 500, False, seed=1, mirror_probability=0.3, epochs=epochs)
+        taken = np.concatenate([f.numpy() for (f, _), _, _ in batches]).reshape(-1, captions, 4)
+        is_mirrored = np.isclose(taken, -features[rows]).all(axis=2)
+        assert (is_mirrored | np.isclose(taken, features[rows]).all(axis=2)).all()
         return is_mirrored
 
-    first, second = mirrored_mask(), mirrored_mask()
+    first, second = mirrored_masks((0, 2))
     assert 0.25 < first.mean() < 0.35 and 0.25 < second.mean() < 0.35  # sd 0.01
     assert (first != second).any()  # drawn anew every epoch
-    again = make_batches(arrays, 500, shuffle=False, seed=1, mirror_probability=0.3)
-    assert (
-        np.concatenate([f.numpy() for (f, _), _, _ in again])
-        == np.concatenate([np.where(first[:, None], -features[rows], features[rows])])
-    ).all()
+    # An epoch's draws depend on its number alone: a resumed run draws the same.
+    assert (mirrored_masks((1, 2))[0] == second).all()
+
+
+def test_an_epoch_order_depends_on_the_seed_and_the_epoch_alone():
+    from captioner.train import count_batches, make_batches
+
+    captions = 300
+    rng = np.random.RandomState(1)
+    inputs, targets = teacher_forcing_arrays(
+        [list(rng.randint(4, 50, rng.randint(1, 12))) for _ in range(captions)], max_words=12
+    )
+    features = np.arange(captions, dtype=np.float32)[:, None]  # row i's feature is i
+    arrays = CaptionArrays([str(i) for i in range(captions)], features,
+                           np.arange(captions, dtype=np.int32), inputs, targets)  # fmt: skip
+
+    def orders(epochs, seed=0):
+        batches = make_batches(arrays, 32, True, seed=seed, epochs=epochs)
+        rows = [f.numpy()[:, 0].astype(int) for (f, _), _, _ in batches]
+        per_epoch = count_batches(arrays, 32)
+        return [np.concatenate(rows[i : i + per_epoch]) for i in range(0, len(rows), per_epoch)]
+
+    whole = orders((0, 3))
+    assert all(sorted(order) == list(range(captions)) for order in whole)  # each caption once
+    assert not (whole[0] == whole[1]).all()  # reshuffled every epoch
+    assert (orders((2, 3))[0] == whole[2]).all()  # resuming at epoch 3 replays its order
+    assert not (orders((0, 1), seed=1)[0] == whole[0]).all()
 
 
 def test_mirroring_without_a_mirrored_cache_says_which_command_makes_it(flickr8k_data, tmp_path):
@@ -192,13 +213,13 @@ def test_mirroring_without_a_mirrored_cache_says_which_command_makes_it(flickr8k
     from captioner.train import train
     from tests.conftest import TINY, TINY_ENCODER
 
-    extract_features(flickr8k_data, tmp_path / "f.pkl", TINY, progress=False)
+    extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False)
     config = merge(
         Config(), {"encoder": {"name": TINY_ENCODER}, "train": {"mirror_probability": 0.5}}
     )
     with pytest.raises(CacheError, match="feature cache not found: run `captioner extract`"):
-        train(flickr8k_data, tmp_path / "f.pkl", tmp_path / "run", config, progress=False,
-              mirrored_features_path=tmp_path / "none.pkl")  # fmt: skip
+        train(flickr8k_data, tmp_path / "f", tmp_path / "run", config, progress=False,
+              mirrored_features_path=tmp_path / "none")  # fmt: skip
     with pytest.raises(CacheError, match="holds features of photos as they are"):
-        train(flickr8k_data, tmp_path / "f.pkl", tmp_path / "run", config, progress=False,
-              mirrored_features_path=tmp_path / "f.pkl")  # fmt: skip
+        train(flickr8k_data, tmp_path / "f", tmp_path / "run", config, progress=False,
+              mirrored_features_path=tmp_path / "f")  # fmt: skip
