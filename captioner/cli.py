@@ -376,6 +376,38 @@ def evaluate(run_dirs, split, data, features, report, beam, max_length, length_p
 
 
 @cli.command(context_settings=CONTEXT)
+@click.argument("path", required=False, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+def info(path, as_json):
+    """What a feature cache or a run directory holds [default: the shipped model].
+
+    \b
+      captioner info data/flickr8k-efficientnet_lite1
+      captioner info runs/flickr8k-seed0 --json
+    """
+    import json
+
+    from captioner.info import describe
+
+    about = describe(path)
+    if as_json:
+        click.echo(json.dumps(about, indent=2))
+        return
+    for key, value in about.items():
+        if isinstance(value, dict) and key in ("config", "shards", "encoder", "best"):
+            value = ", ".join(f"{k} {_compact(v)}" for k, v in value.items())
+        click.echo(f"{key + ':':16} {_compact(value)}")
+
+
+def _compact(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={v}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    return str(value)
+
+
+@cli.command(context_settings=CONTEXT)
 def encoders():
     """List the image encoders by name, with input and feature sizes."""
     from captioner.encoders import get_encoder, list_encoders

@@ -198,26 +198,36 @@ def _read_info(path: Path) -> CacheInfo:
         raise CacheError(f"{where}: unreadable cache description ({error})") from None
 
 
-def _read_shards(path: Path) -> dict[Shard, bool]:
-    """Shard -> finished, for every shard with a part or a done marker; refuses a set that mixes
-    shard counts or lacks a shard."""
+def find_shards(path: Path) -> dict[Shard, bool]:
+    """Shard -> finished (its done marker is there), for every shard with a part or a marker."""
     found: dict[Shard, bool] = {}
     for file in path.glob("shard-*-of-*.json"):
         match = _DONE.fullmatch(file.name) or _PART.fullmatch(file.name)
         if match:
             shard = Shard(int(match[1]), int(match[2]))
             found[shard] = found.get(shard, False) or bool(_DONE.fullmatch(file.name))
+    return found
+
+
+def missing_shards(found: dict[Shard, bool]) -> list[Shard]:
+    """The shards of the count in use that have neither a part nor a done marker."""
+    count = max((shard.count for shard in found), default=1)
+    return [Shard(i, count) for i in range(1, count + 1) if Shard(i, count) not in found]
+
+
+def _read_shards(path: Path) -> dict[Shard, bool]:
+    """find_shards, refusing a set that mixes shard counts or lacks a shard."""
+    found = find_shards(path)
     counts = sorted({shard.count for shard in found})
     if len(counts) > 1:
         raise CacheError(
             f"{path}: mixes shards of {' and '.join(map(str, counts))}: keep one --shard I/N count"
         )
-    for index in range(1, (counts or [1])[0] + 1):
-        if counts and Shard(index, counts[0]) not in found:
-            raise CacheError(
-                f"{path}: shard {index}/{counts[0]} is missing: run `captioner extract "
-                f"--shard {index}/{counts[0]}` with the same --features"
-            )
+    for shard in missing_shards(found)[:1] if found else []:
+        raise CacheError(
+            f"{path}: shard {shard} is missing: run `captioner extract --shard {shard}` "
+            "with the same --features"
+        )
     return found
 
 
