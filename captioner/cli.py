@@ -111,7 +111,12 @@ def _default_run_dir(data: str, encoder: str) -> Path:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--data", required=True, type=click.Path(), help="Dataset folder (either layout).")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(),
+    help="Dataset folder: Karpathy JSON, original Flickr8k or Kaggle layout.",
+)
 @click.option("--encoder", help="Encoder name (default inception_v3); see `captioner encoders`.")
 @click.option("--weights", help='"imagenet" (default), "none" (random) or a weights file.')
 @click.option(
@@ -179,7 +184,12 @@ def extract(data, encoder, weights, features, batch_size, mirror, grid, shard, p
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--data", required=True, type=click.Path(), help="Dataset folder (either layout).")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(),
+    help="Dataset folder: Karpathy JSON, original Flickr8k or Kaggle layout.",
+)
 @click.option("--encoder", help="Which encoder's features to train on (default inception_v3).")
 @click.option(
     "--features",

@@ -1,21 +1,33 @@
-"""Datasets in the two layouts users download Flickr8k in.
+"""Datasets in the three layouts captioning data comes in.
 
-(a) Original: `Flickr8k.token.txt` (lines `<image>#<n><TAB><caption>`) with the split files
-    `Flickr_8k.{train,dev,test}Images.txt` beside it, either at the top of the dataset folder or
-    in `Flickr8k_text/`, and the photos in `Flicker8k_Dataset/` (sic), `Flickr8k_Dataset/` or
-    `Images/`.
-(b) Kaggle, also the layout for your own photos: `Images/` and `captions.txt`, a CSV file with
+(a) Karpathy's split files (`caption_datasets.zip`): one `dataset_<name>.json`
+    (`dataset_flickr8k.json`, `dataset_flickr30k.json`, `dataset_coco.json`) at the top of the
+    dataset folder. Each image has a `filename` (its key here), a `split` and `sentences`, whose
+    `raw` text is read (our own cleaning applies later, as for the other layouts). `val` is our
+    dev split and `restval` joins train, as in the standard Karpathy split. Each photo is looked
+    for in `<filepath>/` (COCO's `train2014/`, `val2014/`), then `Images/<filepath>/`, then
+    `Images/` (or the original layout's photo folders), then beside the JSON.
+(b) Original Flickr8k: `Flickr8k.token.txt` (lines `<image>#<n><TAB><caption>`) with the split
+    files `Flickr_8k.{train,dev,test}Images.txt` beside it, either at the top of the dataset
+    folder or in `Flickr8k_text/`, and the photos in `Flicker8k_Dataset/` (sic),
+    `Flickr8k_Dataset/` or `Images/`.
+(c) Kaggle, also the layout for your own photos: `Images/` and `captions.txt`, a CSV file with
     the header `image,caption`. It has no split files, so `kaggle_split` makes one.
 
-When both are present, (a) wins: its splits are the official ones papers report on.
+When several are present, (a) wins: its splits are what papers since 2015 report on; then (b),
+the official Flickr8k splits; then (c).
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import os
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from captioner.errors import DataError
 
@@ -24,6 +36,10 @@ _TEXT_DIRS = (".", "Flickr8k_text")
 _IMAGE_DIRS = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images")
 _TOKEN_FILE = "Flickr8k.token.txt"
 _SPLIT_FILES = {s: f"Flickr_8k.{s}Images.txt" for s in SPLITS}
+_KARPATHY_GLOB = "dataset_*.json"
+# Karpathy's split names -> ours. restval (COCO's val2014 photos beyond his 5,000 val and 5,000
+# test) trains, as everyone reporting on "the Karpathy split" does.
+_KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "dev", "test": "test"}
 # Kaggle split: the official Flickr8k sizes (1,000 dev and 1,000 test images), or an eighth of
 # the images each for smaller folders; a fixed seed makes it the same on every machine.
 _SPLIT_SEED = 8
@@ -35,46 +51,174 @@ class Dataset:
     """Captions (raw text) by image file name, the split lists, and where the photos are."""
 
     root: Path
-    images_dir: Path
+    images_dir: Path  # the folder most photos are in
     layout: str
     captions: dict[str, list[str]]
     splits: dict[str, list[str]]
     missing_images: list[str] = field(default_factory=list)
+    # Only photos outside images_dir (COCO's val2014/ when most are in train2014/), by name.
+    paths_elsewhere: dict[str, Path] = field(default_factory=dict)
 
     def image_path(self, name: str) -> Path:
-        return self.images_dir / name
+        return self.paths_elsewhere.get(name) or self.images_dir / name
+
+
+class KarpathyImage(NamedTuple):
+    """One entry of a Karpathy JSON, checked; `split` is already ours (train, dev or test)."""
+
+    name: str
+    filepath: str  # "" when the entry has none
+    split: str
+    captions: list[str]
 
 
 def load_dataset(root: str | Path) -> Dataset:
-    """Reads a dataset folder in either layout; raises DataError with what it looked for."""
+    """Reads a dataset folder in any of the three layouts; raises DataError with what it looked
+    for."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
+    karpathy_file = find_karpathy_file(root)
+    if karpathy_file is not None:
+        return load_karpathy(karpathy_file, root)
     images_dir = next((root / d for d in _IMAGE_DIRS if (root / d).is_dir()), None)
     if images_dir is None:
         raise DataError(f"{root}: no image folder (looked for {', '.join(_IMAGE_DIRS)})")
+    layout, captions, splits = _read_text_layout(root)
+    present = set(os.listdir(images_dir))
+    missing = sorted(name for name in captions if name not in present)
+    for name in missing:  # e.g. the token file's `2258277193_586949ec62.jpg.1`
+        del captions[name]
+    splits = {s: [n for n in names if n in captions] for s, names in splits.items()}
+    return Dataset(root, images_dir, layout, captions, splits, missing)
+
+
+def _read_text_layout(root: Path) -> tuple[str, dict[str, list[str]], dict[str, list[str]]]:
+    """(layout, captions, splits) of the original layout, else of the Kaggle one."""
     token_file = next(
         (root / d / _TOKEN_FILE for d in _TEXT_DIRS if (root / d / _TOKEN_FILE).is_file()), None
     )
     if token_file is not None:
         captions = read_token_file(token_file)
         splits = {s: read_split_file(token_file.parent / f) for s, f in _SPLIT_FILES.items()}
-        layout = "flickr8k"
-    elif (root / "captions.txt").is_file():
+        return "flickr8k", captions, splits
+    if (root / "captions.txt").is_file():
         captions = read_captions_csv(root / "captions.txt")
-        splits = kaggle_split(sorted(captions))
-        layout = "kaggle"
-    else:
+        return "kaggle", captions, kaggle_split(sorted(captions))
+    raise DataError(
+        f"{root}: no captions found (looked for {_KARPATHY_GLOB} and captions.txt in {root}, and "
+        f"for {_TOKEN_FILE} in {root} and {root / 'Flickr8k_text'})"
+    )
+
+
+def find_karpathy_file(root: Path) -> Path | None:
+    """The folder's one `dataset_*.json`; None if it has none, DataError if it has several."""
+    found = sorted(p for p in root.glob(_KARPATHY_GLOB) if p.is_file())
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
         raise DataError(
-            f"{root}: no captions found (looked for {_TOKEN_FILE} in {root} and "
-            f"{root / 'Flickr8k_text'}, and for captions.txt in {root})"
+            f"{root}: several Karpathy split files ({names}); keep the one for these photos"
         )
-    present = {p.name for p in images_dir.iterdir()}
-    missing = sorted(name for name in captions if name not in present)
-    for name in missing:  # e.g. the token file's `2258277193_586949ec62.jpg.1`
-        del captions[name]
-    splits = {s: [n for n in names if n in captions] for s, names in splits.items()}
-    return Dataset(root, images_dir, layout, captions, splits, missing)
+    return found[0] if found else None
+
+
+def load_karpathy(path: Path, root: Path) -> Dataset:
+    """The dataset a Karpathy JSON describes, with each photo found where it is."""
+    images = read_karpathy_json(path)
+    folders = find_photo_folders(root, images)
+    if not folders:
+        raise DataError(
+            f"{path}: none of its {len(images)} photos found (looked in {root}, in "
+            f"{', '.join(_IMAGE_DIRS)} there, and in each image's filepath folder)"
+        )
+    # The folder most photos are in; reports and scripts build paths from it.
+    images_dir = Counter(folders.values()).most_common(1)[0][0]
+    captions, splits = {}, {s: [] for s in SPLITS}
+    for image in images:
+        if image.name in folders:
+            captions[image.name] = image.captions
+            splits[image.split].append(image.name)
+    elsewhere = {n: f / n for n, f in folders.items() if f != images_dir}
+    missing = [image.name for image in images if image.name not in folders]
+    return Dataset(root, images_dir, "karpathy", captions, splits, sorted(missing), elsewhere)
+
+
+def find_photo_folders(root: Path, images: list[KarpathyImage]) -> dict[str, Path]:
+    """The folder each photo is in, by name; photos found nowhere are left out. Each folder is
+    listed once (COCO has 123,287 photos in two folders: no stat call per photo)."""
+    listings: dict[Path, set[str]] = {}
+    candidates: dict[str, list[tuple[Path, set[str]]]] = {}  # by filepath
+    found = {}
+    for image in images:
+        if image.filepath not in candidates:
+            folders = _candidate_folders(root, image.filepath)
+            for folder in folders:
+                if folder not in listings:
+                    listings[folder] = set(os.listdir(folder)) if folder.is_dir() else set()
+            candidates[image.filepath] = [(folder, listings[folder]) for folder in folders]
+        for folder, names in candidates[image.filepath]:
+            if image.name in names:
+                found[image.name] = folder
+                break
+    return found
+
+
+def _candidate_folders(root: Path, filepath: str) -> list[Path]:
+    """Where a photo may be, the most specific folder first."""
+    photo_dirs = [root / d for d in _IMAGE_DIRS]
+    nested = [root / filepath] + [d / filepath for d in photo_dirs] if filepath else []
+    return nested + photo_dirs + [root]
+
+
+def read_karpathy_json(path: Path) -> list[KarpathyImage]:
+    """Karpathy's `{"images": [{"filename", "split", "sentences": [{"raw"}]}]}`, checked; a
+    wrong entry is a DataError naming it (`images[<index>] (<filename>)`)."""
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as error:
+        raise DataError(
+            f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})"
+        ) from None
+    entries = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: expected an object with an 'images' list (Karpathy's schema)")
+    images = [_karpathy_image(path, index, entry) for index, entry in enumerate(entries)]
+    first_index: dict[str, int] = {}
+    for index, image in enumerate(images):
+        if image.name in first_index:  # features and captions are keyed by file name
+            raise DataError(
+                f"{path}: images[{index}] ({image.name}): the same filename as "
+                f"images[{first_index[image.name]}]; each image needs its own"
+            )
+        first_index[image.name] = index
+    return images
+
+
+def _karpathy_image(path: Path, index: int, entry) -> KarpathyImage:
+    """One `images` entry, checked, with its split in our names and its `raw` captions."""
+    where = f"{path}: images[{index}]"
+    name = entry.get("filename") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not name:
+        raise DataError(f"{where}: no 'filename'")
+    where += f" ({name})"
+    if "split" not in entry:
+        raise DataError(f"{where}: no 'split'")
+    split = entry["split"]
+    if not isinstance(split, str) or split not in _KARPATHY_SPLITS:
+        raise DataError(f"{where}: unknown split {split!r} (expected train, val, test or restval)")
+    sentences = entry.get("sentences")
+    if not isinstance(sentences, list) or not sentences:
+        raise DataError(f"{where}: no 'sentences' (expected a non-empty list)")
+    captions = []
+    for number, sentence in enumerate(sentences):
+        raw = sentence.get("raw") if isinstance(sentence, dict) else None
+        if not isinstance(raw, str):
+            raise DataError(f"{where}: sentences[{number}] has no 'raw' text")
+        captions.append(raw.strip())
+    filepath = entry.get("filepath") or ""
+    if not isinstance(filepath, str):
+        raise DataError(f"{where}: 'filepath' is not a folder name")
+    return KarpathyImage(name, filepath, _KARPATHY_SPLITS[split], captions)
 
 
 def read_token_file(path: Path) -> dict[str, list[str]]:
@@ -127,8 +271,12 @@ def kaggle_split(names: list[str]) -> dict[str, list[str]]:
 
 
 def _read_lines(path: Path) -> list[str]:
+    return _read_text(path).splitlines()
+
+
+def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig").splitlines()
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from captioner.arrays import caption_arrays, references
@@ -25,6 +25,8 @@ class Evaluation:
     seconds: float
     per_image: list[dict]  # image, caption, references, bleu4, cider_d
     images_dir: Path
+    # The split's photos outside images_dir (a Karpathy COCO test split is all in val2014/).
+    paths_elsewhere: dict[str, Path] = field(default_factory=dict)
 
 
 def decoding_name(decode: DecodeConfig) -> str:
@@ -82,6 +84,7 @@ def evaluate(
         time.perf_counter() - start,
         per_image,
         dataset.images_dir,
+        {n: dataset.paths_elsewhere[n] for n in arrays.names if n in dataset.paths_elsewhere},
     )
 
 

@@ -36,15 +36,20 @@ def _thumbnail_data_uri(path: Path) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _item_html(item: dict, images_dir: Path) -> str:
+def _item_html(item: dict, image_path: Path) -> str:
     references = "".join(f"<li>{html.escape(r)}</li>" for r in item["references"])
     return (
         f'<div class="item"><img alt="{html.escape(item["image"])}" '
-        f'src="{_thumbnail_data_uri(images_dir / item["image"])}"><div>'
+        f'src="{_thumbnail_data_uri(image_path)}"><div>'
         f'<div class="generated">{html.escape(item["caption"])}</div>'
         f'<div class="metric">{html.escape(item["image"])} · BLEU-4 {item["bleu4"]:.3f} · '
         f'CIDEr-D {item["cider_d"]:.3f}</div><ol class="refs">{references}</ol></div></div>'
     )
+
+
+def _image_path(evaluation, name: str) -> Path:
+    """Where the photo is: images_dir, unless elsewhere (a Karpathy COCO test photo in val2014/)."""
+    return evaluation.paths_elsewhere.get(name) or evaluation.images_dir / name
 
 
 def write_report(evaluation, path: str | Path, run_dir: str | Path, seed: int = 0) -> Path:
@@ -69,7 +74,7 @@ def write_report(evaluation, path: str | Path, run_dir: str | Path, seed: int = 
     ]
     for title, chosen in sections:
         body.append(f"<h2>{title}</h2>")
-        body += [_item_html(item, evaluation.images_dir) for item in chosen]
+        body += [_item_html(item, _image_path(evaluation, item["image"])) for item in chosen]
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>captioner report</title><style>{_STYLE}</style></head>"

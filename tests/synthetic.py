@@ -6,6 +6,7 @@ Captions such as "a red circle above a blue square" come in five paraphrases per
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -86,4 +87,29 @@ def write_flickr8k(root: Path, examples, splits: dict[str, list[str]]) -> Path:
     (text / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
     for split, names in splits.items():
         (text / f"Flickr_8k.{split}Images.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def write_karpathy(root: Path, examples, splits: dict[str, list[str]], filepaths=None) -> Path:
+    """dataset_flickr8k.json in Karpathy's schema, and the photos in Images/, or in
+    <root>/<filepath>/ for the names `filepaths` maps to one (COCO's train2014/, val2014/).
+    `splits` uses Karpathy's names (train, val, test, restval); examples in none are left out."""
+    filepaths = filepaths or {}
+    split_of = {name: split for split, names in splits.items() for name in names}
+    entries = []
+    for name, image, captions in examples:
+        if name not in split_of:
+            continue
+        folder = root / filepaths.get(name, "Images")
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / name, quality=95)
+        sentences = [{"raw": c, "tokens": c.lower().rstrip(" .").split()} for c in captions]
+        entry = {"filename": name, "split": split_of[name], "sentences": sentences}
+        if name in filepaths:
+            entry["filepath"] = filepaths[name]
+        entries.append(entry)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_flickr8k.json").write_text(
+        json.dumps({"images": entries, "dataset": "flickr8k"}, indent=1)
+    )
     return root
