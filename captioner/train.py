@@ -264,7 +264,7 @@ def train(
     """Trains a decoder on the dataset's train split, validating on dev, into `run_dir`.
 
     Args:
-        data_root: dataset folder (either layout).
+        data_root: dataset folder (any layout, see captioner.data).
         features_path: the cache written by `extract` for this dataset, by config.encoder.
         run_dir: created if needed; receives the model, vocabulary, config and history.
         config: the effective configuration (saved into the run directory).

@@ -38,7 +38,7 @@ BATCH, SIZE = 64, 256
 def load(data: str, features: str, min_count: int):
     from captioner.arrays import caption_arrays, references
     from captioner.data import load_dataset
-    from captioner.features import load_feature_cache
+    from captioner.store import load_feature_cache
     from captioner.text import build_vocabulary
 
     dataset = load_dataset(data)

@@ -177,7 +177,7 @@ def test_extract_train_evaluate_on_a_coco_like_karpathy_folder(examples, tmp_pat
     folders = {n: "train2014" for n in splits["train"]}
     folders.update({n: "val2014" for s in ("restval", "val", "test") for n in splits[s]})
     data = write_karpathy(tmp_path / "coco", examples, splits, folders)
-    features = tmp_path / "features.pkl"
+    features = tmp_path / "features"
     out = run("extract", "--data", data, "--encoder", TINY_ENCODER, "--weights", "none",
               "--features", features, "--no-progress")  # fmt: skip
     assert "encoded 160 images (0 already cached)" in out
