@@ -144,6 +144,8 @@ def test_find_images_expands_folders_into_their_photos_sorted(tmp_path):
 
 
 # 800 fixed examples (about 1.5 s) are enough to meet one of the BLP files above again.
+@pytest.mark.filterwarnings("ignore::UserWarning:PIL.*")  # Pillow's notes on the damage
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # sizes damaged
 @settings(max_examples=800, deadline=None, derandomize=True)
 @given(data=damaged_files())
 def test_a_damaged_file_gives_a_photo_or_a_one_line_reason(tmp_path_factory, data):
