@@ -5,7 +5,7 @@ Importing TensorFlow 2.21 prints, through C++ absl logging, lines such as
     WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
     I0000 00:00:1795939447.856749 4747 port.cc:153] oneDNN custom operations are on. ...
 
-(the oneDNN line twice: two of its libraries log it). They are logged before absl reads
+(here the pair twice, a second apart). They are logged before absl reads
 TF_CPP_MIN_LOG_LEVEL, so that setting cannot hide them; TF_ENABLE_ONEDNN_OPTS=0 would, but only
 by turning oneDNN off, which changes speed and numbers. So `import_tensorflow` sends file
 descriptor 2 to a temporary file while TensorFlow is imported and then gives back what is not
