@@ -1,6 +1,7 @@
 """The `captioner` command: parses options, calls one library function per command, prints.
 
-TensorFlow is imported only inside the commands that need it, so `captioner --help` is instant.
+TensorFlow is imported only when a command that needs it runs, so `--help` is instant, and
+through captioner.quiet, so its start-up lines stay hidden unless --verbose or CAPTIONER_DEBUG.
 """
 
 from __future__ import annotations
@@ -12,15 +13,25 @@ from pathlib import Path
 import click
 
 from captioner.errors import CaptionerError
+from captioner.quiet import import_tensorflow
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-# TensorFlow's C++ start-up chatter (oneDNN, CPU features) is not for users of a CLI.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+WITHOUT_TENSORFLOW = {"encoders", "info"}  # commands that run in a blink without it
+
+
+class CaptionerCommand(click.Command):
+    """Imports TensorFlow quietly once its options are parsed (so `--help` stays instant)."""
+
+    def invoke(self, ctx):
+        if self.name not in WITHOUT_TENSORFLOW:
+            import_tensorflow(verbose=ctx.find_root().params.get("verbose", False))
+        return super().invoke(ctx)
 
 
 class CaptionerGroup(click.Group):
     """Turns library errors into one line and exit 1 (CAPTIONER_DEBUG=1 keeps the traceback)."""
+
+    command_class = CaptionerCommand
 
     def invoke(self, ctx):
         try:
@@ -95,7 +106,9 @@ def _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngr
 
 @click.group(cls=CaptionerGroup, context_settings=CONTEXT)
 @click.version_option(package_name="captioner")
-def cli():
+@click.option("--verbose", is_flag=True,
+              help="Show TensorFlow's start-up and info log lines (hidden otherwise).")  # fmt: skip
+def cli(verbose):
     """Image captioning: a CNN encoder, an LSTM decoder, a command per stage.
 
     \b

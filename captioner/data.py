@@ -229,6 +229,7 @@ def read_token_file(path: Path) -> dict[str, list[str]]:
             continue
         key, tab, caption = line.partition("\t")
         name, hash_sign, _ = key.rpartition("#")
+        name = name.strip()
         if not tab or not hash_sign or not name:
             raise DataError(f"{path}:{number}: expected '<image>#<n><TAB><caption>'")
         captions.setdefault(name, []).append(caption.strip())
@@ -237,19 +238,36 @@ def read_token_file(path: Path) -> dict[str, list[str]]:
 
 def read_captions_csv(path: Path) -> dict[str, list[str]]:
     """Kaggle `image,caption` CSV -> {image: [captions]}; unquoted commas stay in the caption."""
-    lines = _read_lines(path)
-    rows = csv.reader(lines)
-    header = next(rows, None)
+    rows = csv.reader(_read_lines(path))
+    header = _next_row(path, rows)
     if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
         raise DataError(f"{path}:1: expected the header 'image,caption'")
     captions: dict[str, list[str]] = {}
-    for number, row in enumerate(rows, start=2):
+    while (row := _next_row(path, rows)) is not None:
+        number = rows.line_num
         if not row or not "".join(row).strip():
             continue
         if len(row) < 2 or not row[0].strip():
             raise DataError(f"{path}:{number}: expected '<image>,<caption>'")
         captions.setdefault(row[0].strip(), []).append(",".join(row[1:]).strip())
     return captions
+
+
+def _next_row(path: Path, rows) -> list[str] | None:
+    """The next CSV record, None at the end; a record must end on the line it starts on (a
+    caption has no line breaks: a quote that runs on would swallow the captions after it)."""
+    first = rows.line_num + 1
+    try:
+        row = next(rows, None)
+    except csv.Error as error:  # "field larger than field limit (131072)"
+        hint = "; is a quote opened here never closed?" if rows.line_num > first else ""
+        raise DataError(f"{path}:{first}: {error}{hint}") from None
+    if row is not None and rows.line_num > first:
+        raise DataError(
+            f"{path}:{first}: a quote opened here runs on to line {rows.line_num} "
+            "(each caption must be on one line)"
+        )
+    return row
 
 
 def read_split_file(path: Path) -> list[str]:
@@ -271,7 +289,9 @@ def kaggle_split(names: list[str]) -> dict[str, list[str]]:
 
 
 def _read_lines(path: Path) -> list[str]:
-    return _read_text(path).splitlines()
+    r"""The lines as editors number them: split at line breaks only (\n, \r\n, \r), not at the
+    other characters str.splitlines() splits at (\x0b, \x0c, \x1c-\x1e, \x85, \u2028...)."""
+    return _read_text(path).removesuffix("\n").split("\n")
 
 
 def _read_text(path: Path) -> str:

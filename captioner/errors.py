@@ -1,7 +1,9 @@
 """Errors the library raises for the user to read.
 
 The CLI turns every `CaptionerError` into one line and a non-zero exit; anything else is a bug
-and keeps its traceback. Set CAPTIONER_DEBUG=1 (or pass --debug) to see tracebacks for these too.
+and keeps its traceback. Set the environment variable CAPTIONER_DEBUG (to 1, or any non-empty
+value) to see tracebacks for these too; it also shows TensorFlow's start-up log lines. The
+`captioner --verbose` flag shows those log lines only: errors stay one line.
 """
 
 

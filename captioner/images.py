@@ -13,7 +13,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
-    """Returns the photo as uint8 RGB of shape (size, size, 3); raises OSError if unreadable.
+    """Returns the photo as uint8 RGB of shape (size, size, 3); raises if unreadable (OSError or
+    ValueError mostly; see try_load_image).
 
     EXIF orientation is applied, grayscale/CMYK/palette become RGB, transparent pixels are laid
     on white, and the photo is resized to a square without keeping its aspect ratio (what the
@@ -32,19 +33,26 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
 
 
 def try_load_image(path: str | Path, size: int) -> np.ndarray | str:
-    """Like load_image, but returns the reason as a string instead of raising."""
+    """Like load_image, but returns the reason, in one line, instead of raising.
+
+    Any exception means an unreadable file: on damaged files Pillow's format readers raise more
+    than OSError and ValueError (SyntaxError, NotImplementedError, AttributeError; found by
+    tests/test_images.py), and one such photo must not stop `extract` over thousands.
+    """
     try:
         return load_image(path, size)
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        return f"{type(error).__name__}: {error}".splitlines()[0]
+    except Exception as error:
+        return f"{type(error).__name__}: {error}".strip().splitlines()[0]
 
 
 def find_images(paths: list[str | Path]) -> list[Path]:
-    """Expands folders into their image files (sorted); files are kept as given."""
+    """Expands folders into their image files (sorted, not recursing); files are kept as given."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(
+                p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
         else:
             found.append(path)
     return found

@@ -1,4 +1,6 @@
-"""The feature cache (safe to load, resumable) and photos as users have them."""
+"""The feature cache (safe to load, resumable) and extraction: skipping, mirrored, grid.
+
+Reading the photos themselves is tests/test_images.py."""
 
 from __future__ import annotations
 
@@ -7,11 +9,9 @@ import pickle
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from captioner.errors import CacheError
 from captioner.features import extract_features
-from captioner.images import load_image
 from captioner.store import load_feature_cache, write_feature_cache
 from tests.conftest import TINY, TINY_16, TINY_ENCODER
 
@@ -64,30 +64,6 @@ def test_extract_skips_broken_photos_and_resumes(flickr8k_data, tmp_path):
     np.testing.assert_array_equal(
         resumed.matrix(sorted(whole.row_of)), whole.matrix(sorted(whole.row_of))
     )
-
-
-def test_photos_in_any_mode_become_rgb(tmp_path):
-    red = Image.new("RGB", (40, 20), (255, 0, 0))
-    red.convert("L").save(tmp_path / "gray.jpg")
-    red.convert("CMYK").save(tmp_path / "cmyk.jpg")
-    rgba = Image.new("RGBA", (40, 20), (0, 0, 0, 0))  # fully transparent: laid on white
-    rgba.save(tmp_path / "alpha.png")
-    for name in ("gray.jpg", "cmyk.jpg", "alpha.png"):
-        array = load_image(tmp_path / name, 16)
-        assert array.shape == (16, 16, 3) and array.dtype == np.uint8, name
-    assert load_image(tmp_path / "alpha.png", 16).min() == 255
-    assert abs(int(load_image(tmp_path / "cmyk.jpg", 16)[8, 8, 0]) - 255) < 10
-
-
-def test_exif_rotation_is_applied(tmp_path):
-    image = Image.new("RGB", (40, 20), (0, 0, 255))
-    image.paste((255, 0, 0), (0, 0, 20, 20))  # left half red
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
-    image.save(tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
-    array = load_image(tmp_path / "rotated.jpg", 20)
-    # Displayed upright, the red half is on top.
-    assert array[2, 10, 0] > 200 and array[17, 10, 2] > 200
 
 
 def test_mirror_encodes_the_photos_flipped_into_a_cache_marked_as_such(flickr8k_data, tmp_path):

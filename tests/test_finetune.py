@@ -101,16 +101,6 @@ def test_finetune_writes_a_run_that_evaluates_and_keeps_its_best_epoch(flickr8k_
     assert bleu4 == pytest.approx(history[best]["val_bleu4"], abs=1e-4)
 
 
-def test_greedy_baseline_needs_no_more_than_one_sample_but_the_samples_one_does():
-    from captioner.errors import ConfigError
-
-    merge(Config(), {"finetune": {"baseline": "greedy", "samples": 1}})
-    with pytest.raises(ConfigError, match="at least 2 samples"):
-        merge(Config(), {"finetune": {"samples": 1}})
-    with pytest.raises(ConfigError, match="finetune.baseline: 'mean' is not one of"):
-        merge(Config(), {"finetune": {"baseline": "mean"}})
-
-
 def test_finetune_refuses_to_overwrite_the_run_it_starts_from(tmp_path):
     from click.testing import CliRunner
 

@@ -130,13 +130,6 @@ def test_the_best_epoch_can_be_chosen_by_dev_bleu(flickr8k_data, tmp_path):
     assert summary.best_val_bleu4 == pytest.approx(max(bleu))
 
 
-def test_unknown_selection_is_a_config_error():
-    from captioner.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="train.select_by: 'bleu' is not one of"):
-        merge(Config(), {"train": {"select_by": "bleu"}})
-
-
 def test_label_smoothing_spreads_the_target_over_the_vocabulary(tiny):
     from captioner.train import smoothed_cross_entropy
 
