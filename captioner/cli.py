@@ -199,7 +199,6 @@ def extract(data, encoder, weights, features, batch_size, mirror, grid, shard, p
 @cli.command(context_settings=CONTEXT)
 @click.option(
     "--data",
-    required=True,
     type=click.Path(),
     help="Dataset folder: Karpathy JSON, original Flickr8k or Kaggle layout.",
 )
@@ -226,6 +225,11 @@ def extract(data, encoder, weights, features, batch_size, mirror, grid, shard, p
 @click.option("--batch-size", type=click.IntRange(1), help="Captions per batch.")
 @click.option("--learning-rate", type=float, help="Adam's initial learning rate.")
 @click.option("--seed", type=int, help="Random seed (weights, shuffling, dropout).")
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False),
+    help="Continue this run from its last finished epoch (after a crash, kill -9 or Ctrl-C).",
+)
 @click.option("--progress/--no-progress", default=True, help="Show Keras' progress bar.")
 @config_options
 def train(
@@ -238,6 +242,7 @@ def train(
     batch_size,
     learning_rate,
     seed,
+    resume,
     progress,
     config_path,
     assignments,
@@ -246,10 +251,20 @@ def train(
 
     \b
       captioner train --data ../flickr8k --encoder efficientnet_lite0 --epochs 20
+      captioner train --resume runs/flickr8k-efficientnet_lite0   # after a crash or kill
     """
     from captioner.store import default_cache_path
+    from captioner.train import resume_training
     from captioner.train import train as train_decoder
 
+    given = [data, encoder, features, mirrored_features, run_dir, epochs, batch_size,
+             learning_rate, seed, config_path, *assignments]  # fmt: skip
+    if resume:
+        if any(option is not None for option in given):
+            raise click.UsageError("--resume takes every setting from the run: give it alone")
+        return _echo_trained(resume_training(resume, progress))
+    if data is None:
+        raise click.UsageError("Missing option '--data' (or --resume RUN).")
     config = _load(
         config_path,
         assignments,
@@ -265,7 +280,10 @@ def train(
         data, config.encoder.name, grid=config.model.needs_grid
     )
     run_dir = run_dir or _default_run_dir(data, config.encoder.name)
-    s = train_decoder(data, features, run_dir, config, progress, mirrored_features)
+    _echo_trained(train_decoder(data, features, run_dir, config, progress, mirrored_features))
+
+
+def _echo_trained(s) -> None:
     click.echo(
         f"trained {s.epochs_run} epochs in {s.seconds:.0f} s on {s.train_captions} "
         f"captions (vocabulary {s.vocabulary_size}); best epoch {s.best_epoch}, "

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
+import numpy as np
+
 from captioner.config import Config
-from captioner.files import write_atomic
+from captioner.errors import RunError
+from captioner.files import atomic_file, write_atomic
 from captioner.rundir import (
     HISTORY_FILE,
     LAST_FILE,
     MODEL_FILE,
     PLOT_FILE,
+    RESUME_FILE,
     TRAINING_CSV,
     VOCABULARY_FILE,
     EncoderInfo,
@@ -89,6 +94,22 @@ class RunRecorder:
         return self.patience > 0 and self.waited >= self.patience
 
     @property
+    def state(self) -> dict:
+        """What early stopping and the choice of model.keras need to go on after a restart."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "waited": self.waited}
+
+    def resume(self, epoch: int, state: dict) -> None:
+        """Picks up after `epoch`: its counters from `state`, the history from history.json
+        (without any epoch recorded after that checkpoint, which will run again)."""
+        self.best, self.best_epoch, self.waited = (
+            state["best"],
+            state["best_epoch"],
+            state["waited"],
+        )
+        history = json.loads((self.run_dir / HISTORY_FILE).read_text(encoding="utf-8"))
+        self.history = [row for row in history if row["epoch"] <= epoch]
+
+    @property
     def best_logs(self) -> dict[str, float]:
         return next(h for h in self.history if h["epoch"] == self.best_epoch)
 
@@ -104,3 +125,46 @@ class RunRecorder:
             from captioner.report import plot_history
 
             plot_history(self.history, self.run_dir / PLOT_FILE)
+
+
+# --- the checkpoint `train --resume` continues from --------------------------------------------
+
+
+def save_checkpoint(model, run_dir: Path, state: dict) -> None:
+    """resume.npz, atomically: the values of every model variable (weights, BatchNorm statistics,
+    the dropout seed generators' states) and optimizer variable (step, learning rate, moments),
+    in order, and `state` (epoch and counters) as JSON bytes. Plain arrays: loading runs no code."""
+    from keras import ops
+
+    arrays = {f"model{i}": ops.convert_to_numpy(v) for i, v in enumerate(model.variables)}
+    for i, variable in enumerate(model.optimizer.variables):
+        arrays[f"optimizer{i}"] = ops.convert_to_numpy(variable)
+    arrays["state"] = np.frombuffer(json.dumps(state).encode("utf-8"), np.uint8)
+    with atomic_file(run_dir / RESUME_FILE) as file:
+        np.savez(file, **arrays)
+
+
+def read_checkpoint_state(run_dir: Path) -> dict:
+    path = run_dir / RESUME_FILE
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir}: no {RESUME_FILE} here: nothing to resume (the run never finished an "
+            "epoch, or was trained by captioner 0.1)"
+        )
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(data["state"].tobytes().decode("utf-8"))
+
+
+def restore_checkpoint(model, run_dir: Path) -> None:
+    """Sets the compiled model's and its optimizer's variables from resume.npz."""
+    path = run_dir / RESUME_FILE
+    model.optimizer.build(model.trainable_variables)
+    with np.load(path, allow_pickle=False) as data:
+        for prefix, variables in (("model", model.variables),
+                                  ("optimizer", model.optimizer.variables)):  # fmt: skip
+            saved = sorted((k for k in data.files if k.startswith(prefix)), key=len)
+            if len(saved) != len(variables):
+                raise RunError(f"{path}: holds {len(saved)} {prefix} variables, not "
+                               f"{len(variables)}: not this run's model")  # fmt: skip
+            for i, variable in enumerate(variables):
+                variable.assign(data[f"{prefix}{i}"])

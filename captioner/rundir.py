@@ -10,6 +10,8 @@ vocabulary.json    the words, id = position
 run.json           the effective config, the encoder, the data and feature paths
 history.json, training.csv   per-epoch losses, scores and learning rate; loss.png draws them
 logs/              TensorBoard's event files (`train` only)
+resume.npz         where `train --resume` continues: every variable of the model and the
+                   optimizer after the last finished epoch, and the callbacks' counters
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ RUN_FORMAT = "captioner-run/1"
 MODEL_FILE, LAST_FILE, WEIGHTS_FILE = "model.keras", "last.keras", "weights.npz"
 VOCABULARY_FILE, RUN_FILE, HISTORY_FILE = "vocabulary.json", "run.json", "history.json"
 TRAINING_CSV, PLOT_FILE, TENSORBOARD_DIR = "training.csv", "loss.png", "logs"
+RESUME_FILE = "resume.npz"
 
 
 @dataclass

@@ -11,105 +11,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from captioner.arrays import CaptionArrays, caption_arrays, mirrored_features, references
+from captioner.batches import count_batches, make_batches
 from captioner.config import Config, TrainConfig
 from captioner.data import Dataset, load_dataset
-from captioner.recorder import RunRecorder, seed_everything
-from captioner.rundir import TENSORBOARD_DIR, EncoderInfo
+from captioner.errors import RunError
+from captioner.recorder import (
+    RunRecorder,
+    read_checkpoint_state,
+    restore_checkpoint,
+    save_checkpoint,
+    seed_everything,
+)
+from captioner.rundir import TENSORBOARD_DIR, EncoderInfo, load_run
 from captioner.scoring import dev_scores_function
 from captioner.store import load_feature_cache
 from captioner.text import Vocabulary, build_vocabulary
-
-# Batches hold captions whose lengths (words + 1) fall between the same boundaries.
-_LENGTH_BOUNDARIES = [8, 10, 12, 14, 17, 21]
-
-
-def make_batches(
-    arrays: CaptionArrays,
-    batch_size: int,
-    shuffle: bool,
-    seed: int = 0,
-    mirror_probability: float = 0.0,
-    epochs: tuple[int, int] = (0, 1),
-):
-    """tf.data pipeline of ((features, inputs), targets, weights), weights = targets != <pad>,
-    for the epochs first..last-1 of `epochs`, `count_batches` batches each.
-
-    An epoch's caption order (with `shuffle`) and mirror draws come from (seed, epoch) alone, so
-    a run resumed at epoch k sees the batches an uninterrupted run saw, and no shuffle buffer
-    grows with the dataset. With `mirror_probability` > 0 (and `arrays.mirrored`), each caption
-    is paired with its photo's mirrored features instead with that probability.
-    """
-    import tensorflow as tf
-
-    count = len(arrays.inputs)
-    columns = [tf.constant(a) for a in (arrays.image_rows, arrays.inputs, arrays.targets)]
-    lengths = tf.constant(arrays.lengths)
-    images = len(arrays.features)
-    lookup = _feature_lookup(arrays, mirror_probability > 0)
-
-    def one_epoch(epoch):
-        epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
-        order = tf.range(count)
-        if shuffle:
-            order = tf.argsort(tf.random.stateless_uniform([count], epoch_seed))
-        rows, x, y = (tf.gather(column, order) for column in columns)
-        if mirror_probability > 0:  # rows images.. of the lookup are the mirrored photos
-            flip = tf.random.stateless_uniform([count], epoch_seed + [1, 0]) < mirror_probability
-            rows = tf.where(flip, rows + images, rows)
-        data = tf.data.Dataset.from_tensor_slices((rows, x, y, tf.gather(lengths, order)))
-        data = data.map(lambda row, x, y, n: (row, x[:n], y[:n]))
-        return data.bucket_by_sequence_length(
-            lambda row, x, y: tf.shape(x)[0],
-            bucket_boundaries=_LENGTH_BOUNDARIES,
-            bucket_batch_sizes=[batch_size] * (len(_LENGTH_BOUNDARIES) + 1),
-        )
-
-    def to_model(rows, x, y):
-        weights = tf.cast(tf.not_equal(y, 0), tf.float32)
-        return (lookup(rows), x), y, weights
-
-    data = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
-    data = data.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
-    # Known length: Keras shows real progress and does not warn that the data "ran out".
-    batches = count_batches(arrays, batch_size) * (epochs[1] - epochs[0])
-    data = data.apply(tf.data.experimental.assert_cardinality(batches))
-    return data.prefetch(tf.data.AUTOTUNE)
-
-
-def _feature_lookup(arrays: CaptionArrays, with_mirrored: bool):
-    """rows (B,) -> features (B, D): from a constant when the features are in memory, else read
-    from the cache for each batch (`FeatureRows`: a cache larger than RAM streams from disk).
-    Rows from len(arrays.features) on are the mirrored photos'."""
-    import tensorflow as tf
-
-    tables = [arrays.features] + ([arrays.mirrored] if with_mirrored else [])
-    if all(isinstance(table, np.ndarray) for table in tables):
-        constant = tf.constant(np.concatenate(tables) if with_mirrored else tables[0])
-        return lambda rows: tf.gather(constant, rows)
-    images, shape = len(arrays.features), arrays.features.shape
-
-    def take(rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), shape[1]), arrays.features.dtype)
-        plain = rows < images
-        out[plain] = tables[0][rows[plain]]
-        if not plain.all():
-            out[~plain] = tables[1][rows[~plain] - images]
-        return out
-
-    def lookup(rows):
-        features = tf.numpy_function(take, [rows], tf.as_dtype(arrays.features.dtype), False)
-        return tf.ensure_shape(features, [None, shape[1]])
-
-    return lookup
-
-
-def count_batches(arrays: CaptionArrays, batch_size: int) -> int:
-    """Batches per epoch: each length bucket ends with its own partial batch."""
-    buckets = np.digitize(arrays.lengths, _LENGTH_BOUNDARIES)
-    return int(sum(-(-count // batch_size) for count in np.bincount(buckets)))
 
 
 def smoothed_cross_entropy(label_smoothing: float):
@@ -160,9 +77,9 @@ class TrainSummary:
     seconds: float
 
 
-def _callbacks(recorder: RunRecorder, config: TrainConfig, dev_scores):
+def _callbacks(recorder: RunRecorder, config: TrainConfig, dev_scores, resumed: dict | None):
     """Dev scores into the logs, TensorBoard, the LR schedule, then the run recorder
-    (checkpoints, history, early stopping) once the logs are complete."""
+    (checkpoints, history, early stopping, resume.npz) once the logs are complete."""
     import keras
 
     class DevScores(keras.callbacks.Callback):
@@ -170,21 +87,38 @@ def _callbacks(recorder: RunRecorder, config: TrainConfig, dev_scores):
             scores = dev_scores()  # into logs in place: the callbacks after this one see them
             logs["val_bleu4"], logs["val_cider_d"] = scores["BLEU-4"], scores["CIDEr-D"]
 
+    class Plateau(keras.callbacks.ReduceLROnPlateau):
+        """Keras' schedule, whose counters a resumed run gets back (on_train_begin resets them)."""
+
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            for key, value in ((resumed or {}).get("plateau") or {}).items():
+                setattr(self, key, value)
+
+        def state(self) -> dict:
+            return {"wait": self.wait, "cooldown_counter": self.cooldown_counter,
+                    "best": float(self.best)}  # fmt: skip
+
+    plateau = Plateau(
+        "val_loss",
+        factor=config.lr_factor,
+        patience=config.lr_patience,
+        min_lr=config.min_learning_rate,
+    )
+
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             logs = {**logs, "learning_rate": float(self.model.optimizer.learning_rate)}
-            if recorder.record(self.model, epoch + 1, logs):
-                self.model.stop_training = True
+            stop = recorder.record(self.model, epoch + 1, logs)
+            state = {"epoch": epoch + 1, "stopped": stop, "recorder": recorder.state,
+                     "plateau": plateau.state()}  # fmt: skip
+            save_checkpoint(self.model, recorder.run_dir, state)
+            self.model.stop_training = stop
 
     return [
         DevScores(),
         keras.callbacks.TensorBoard(str(recorder.run_dir / TENSORBOARD_DIR)),
-        keras.callbacks.ReduceLROnPlateau(
-            "val_loss",
-            factor=config.lr_factor,
-            patience=config.lr_patience,
-            min_lr=config.min_learning_rate,
-        ),
+        plateau,
         Record(),
     ]
 
@@ -225,7 +159,8 @@ def _prepare(data_root, features_path, config: Config, mirrored_features_path) -
     return _Prepared(dataset, vocabulary, encoder, train_arrays, dev_arrays)
 
 
-def _fit(model, prepared: _Prepared, config: Config, recorder: RunRecorder, progress: bool):
+def _fit(model, prepared: _Prepared, config: Config, recorder: RunRecorder, progress: bool,
+         resumed: dict | None):  # fmt: skip
     dev = prepared.dev
     dev_scores = dev_scores_function(
         model,
@@ -235,6 +170,7 @@ def _fit(model, prepared: _Prepared, config: Config, recorder: RunRecorder, prog
         config.text.max_caption_words,
     )
     settings = config.train
+    first = resumed["epoch"] if resumed else 0
     model.fit(
         make_batches(
             prepared.train,
@@ -242,13 +178,14 @@ def _fit(model, prepared: _Prepared, config: Config, recorder: RunRecorder, prog
             True,
             settings.seed,
             settings.mirror_probability,
-            epochs=(0, settings.epochs),
+            epochs=(first, settings.epochs),
         ),
         steps_per_epoch=count_batches(prepared.train, settings.batch_size),
         validation_data=make_batches(dev, settings.batch_size, False),
         epochs=settings.epochs,
+        initial_epoch=first,
         shuffle=False,  # tf.data shuffles (seeded); Keras cannot shuffle a Dataset anyway
-        callbacks=_callbacks(recorder, settings, dev_scores),
+        callbacks=_callbacks(recorder, settings, dev_scores, resumed),
         verbose=1 if progress else 0,
     )
 
@@ -275,14 +212,35 @@ def train(
     start = time.perf_counter()
     prepared = _prepare(data_root, features_path, config, mirrored_features_path)
     recorder = RunRecorder(run_dir, config.train.select_by, config.train.early_stopping_patience)
-    recorder.start(
-        config,
-        prepared.encoder,
-        prepared.vocabulary,
-        data=str(Path(data_root).resolve()),
-        features=str(Path(features_path).resolve()),
-    )
+    paths = {"data": data_root, "features": features_path}
+    if mirrored_features_path is not None:
+        paths["mirrored_features"] = mirrored_features_path
+    recorder.start(config, prepared.encoder, prepared.vocabulary,
+                   **{key: str(Path(path).resolve()) for key, path in paths.items()})  # fmt: skip
+    return _train_and_summarize(prepared, config, recorder, progress, None, start)
 
+
+def resume_training(run_dir: str | Path, progress: bool = True) -> TrainSummary:
+    """Continues a run that was killed (or stopped) after its last finished epoch: weights,
+    optimizer state, learning-rate schedule, early-stopping counters and the data order of
+    the epochs still to run are those of an uninterrupted run. Settings come from run.json."""
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    config, info = run.config, run.info
+    resumed = read_checkpoint_state(run_dir)
+    if resumed["stopped"] or resumed["epoch"] >= config.train.epochs:
+        raise RunError(f"{run_dir}: finished after epoch {resumed['epoch']}: nothing to resume")
+    prepared = _prepare(info["data"], info["features"], config, info.get("mirrored_features"))
+    if prepared.vocabulary.words != run.vocabulary.words:
+        raise RunError(f"{run_dir}: the captions of {info['data']} changed since it started")
+    recorder = RunRecorder(run_dir, config.train.select_by, config.train.early_stopping_patience)
+    recorder.resume(resumed["epoch"], resumed["recorder"])
+    return _train_and_summarize(prepared, config, recorder, progress, resumed, start)
+
+
+def _train_and_summarize(prepared, config: Config, recorder: RunRecorder, progress: bool,
+                         resumed: dict | None, start: float) -> TrainSummary:  # fmt: skip
     import keras  # only now: bad input above fails without TensorFlow's start-up time
 
     from captioner.model import build_decoder
@@ -295,7 +253,9 @@ def train(
             config.model, len(prepared.vocabulary), encoder.feature_dim, encoder.cells
         )
         compile_decoder(model, config.train)
-        _fit(model, prepared, config, recorder, progress)
+        if resumed:
+            restore_checkpoint(model, recorder.run_dir)
+        _fit(model, prepared, config, recorder, progress, resumed)
     finally:  # the policy is global: leave the process as it was for decoding
         keras.mixed_precision.set_global_policy("float32")
     best = recorder.best_logs

@@ -72,11 +72,12 @@ def run_training(data: str, cache_path: str, scale: int, steps: int) -> dict:
     import keras
 
     from captioner.arrays import caption_arrays, references
+    from captioner.batches import make_batches
     from captioner.config import load_config
     from captioner.model import build_decoder
     from captioner.store import FeatureRows, load_feature_cache
     from captioner.text import build_vocabulary
-    from captioner.train import compile_decoder, make_batches
+    from captioner.train import compile_decoder
 
     config = load_config(ROOT / "configs" / "flickr8k.toml")
     dataset, cache = scaled_dataset(data, scale), load_feature_cache(cache_path)

@@ -65,9 +65,10 @@ def run_ours(
 ) -> dict:
     import keras
 
+    from captioner.batches import make_batches
     from captioner.config import ModelConfig, TrainConfig
     from captioner.model import build_decoder
-    from captioner.train import compile_decoder, make_batches
+    from captioner.train import compile_decoder
 
     arrays, vocabulary_size = load(data, features, min_count)
     keras.utils.set_random_seed(0)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from captioner.arrays import CaptionArrays
+from captioner.batches import count_batches, make_batches
 from captioner.config import Config, ModelConfig, TrainConfig, merge
 from captioner.text import teacher_forcing_arrays
-from captioner.train import compile_decoder, count_batches, make_batches
+from captioner.train import compile_decoder
 
 CAPTIONS = [
     [4, 5, 6],
@@ -150,7 +151,7 @@ def test_label_smoothing_spreads_the_target_over_the_vocabulary(tiny):
 
 
 def test_mirroring_swaps_in_the_mirrored_features_at_the_asked_rate_anew_each_epoch():
-    from captioner.train import make_batches
+    from captioner.batches import make_batches
 
     images, captions = 50, 2000
     rng = np.random.RandomState(0)
@@ -176,7 +177,7 @@ def test_mirroring_swaps_in_the_mirrored_features_at_the_asked_rate_anew_each_ep
 
 
 def test_an_epoch_order_depends_on_the_seed_and_the_epoch_alone():
-    from captioner.train import count_batches, make_batches
+    from captioner.batches import count_batches, make_batches
 
     captions = 300
     rng = np.random.RandomState(1)
