@@ -18,6 +18,7 @@ def make_batches(
     seed: int = 0,
     mirror_probability: float = 0.0,
     epochs: tuple[int, int] = (0, 1),
+    normalize_weights: bool = False,
 ):
     """tf.data pipeline of ((features, inputs), targets, weights), weights = targets != <pad>,
     for the epochs first..last-1 of `epochs`, `count_batches` batches each.
@@ -26,6 +27,11 @@ def make_batches(
     a run resumed at epoch k sees the batches an uninterrupted run saw, and no shuffle buffer
     grows with the dataset. With `mirror_probability` > 0 (and `arrays.mirrored`), each caption
     is paired with its photo's mirrored features instead with that probability.
+
+    normalize_weights: divide each batch's word weights by their mean over the whole (global)
+    batch, for a "sum_over_batch_size" loss that is then the mean over the batch's real words
+    even when a strategy splits the batch across replicas (each replica's own weighted mean
+    would weigh the replicas' words unequally).
     """
     import tensorflow as tf
 
@@ -54,6 +60,8 @@ def make_batches(
 
     def to_model(rows, x, y):
         weights = tf.cast(tf.not_equal(y, 0), tf.float32)
+        if normalize_weights:
+            weights /= tf.reduce_mean(weights)
         return (lookup(rows), x), y, weights
 
     data = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
@@ -61,7 +69,11 @@ def make_batches(
     # Known length: Keras shows real progress and does not warn that the data "ran out".
     batches = count_batches(arrays, batch_size) * (epochs[1] - epochs[0])
     data = data.apply(tf.data.experimental.assert_cardinality(batches))
-    return data.prefetch(tf.data.AUTOTUNE)
+    # Under a multi-worker strategy each worker takes every N-th batch of this same pipeline
+    # (DATA); the default could shard by files, and this data has none.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return data.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def _feature_lookup(arrays: CaptionArrays, with_mirrored: bool):

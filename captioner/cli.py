@@ -226,6 +226,13 @@ def extract(data, encoder, weights, features, batch_size, mirror, grid, shard, p
 @click.option("--learning-rate", type=float, help="Adam's initial learning rate.")
 @click.option("--seed", type=int, help="Random seed (weights, shuffling, dropout).")
 @click.option(
+    "--strategy",
+    type=click.Choice(["one", "mirrored", "multiworker"]),
+    help="Train on one device (default), every local GPU (mirrored; CAPTIONER_CPU_DEVICES=N "
+    "splits the CPU into N), or the machines of TF_CONFIG (multiworker). --batch-size stays "
+    "the global batch.",
+)
+@click.option(
     "--resume",
     type=click.Path(file_okay=False),
     help="Continue this run from its last finished epoch (after a crash, kill -9 or Ctrl-C).",
@@ -242,6 +249,7 @@ def train(
     batch_size,
     learning_rate,
     seed,
+    strategy,
     resume,
     progress,
     config_path,
@@ -258,7 +266,7 @@ def train(
     from captioner.train import train as train_decoder
 
     given = [data, encoder, features, mirrored_features, run_dir, epochs, batch_size,
-             learning_rate, seed, config_path, *assignments]  # fmt: skip
+             learning_rate, seed, strategy, config_path, *assignments]  # fmt: skip
     if resume:
         if any(option is not None for option in given):
             raise click.UsageError("--resume takes every setting from the run: give it alone")
@@ -274,6 +282,7 @@ def train(
             "batch_size": batch_size,
             "learning_rate": learning_rate,
             "seed": seed,
+            "strategy": strategy,
         },
     )
     features = features or default_cache_path(

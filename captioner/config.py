@@ -99,11 +99,16 @@ class TrainConfig:
     # the cache batch by batch: a cache larger than RAM), or "auto": lazy for grids and for
     # pooled caches over 256 MB (captioner.store.LAZY_BYTES).
     feature_reading: str = "auto"
+    # "one" device, "mirrored" (every local GPU, or CAPTIONER_CPU_DEVICES logical CPUs) or
+    # "multiworker" (the machines of TF_CONFIG); batch_size stays the global batch
+    # (captioner.distribute).
+    strategy: str = "one"
 
     def __post_init__(self):
         _check_choice("train.precision", self.precision, PRECISIONS)
         _check_choice("train.select_by", self.select_by, ("val_loss", "val_bleu4"))
         _check_choice("train.feature_reading", self.feature_reading, ("auto", "memory", "lazy"))
+        _check_choice("train.strategy", self.strategy, ("one", "mirrored", "multiworker"))
 
     @property
     def lazy_features(self) -> bool | None:

@@ -19,11 +19,19 @@ from __future__ import annotations
 from captioner.config import ModelConfig
 
 
-def build_decoder(config: ModelConfig, vocabulary_size: int, feature_dim: int, cells: int = 0):
+def build_decoder(
+    config: ModelConfig,
+    vocabulary_size: int,
+    feature_dim: int,
+    cells: int = 0,
+    synchronized: bool = False,
+):
     """Returns the (uncompiled) Keras training model: [features, words] -> logits.
 
     feature_dim: numbers per image; with `cells` > 0 (the attention decoder) the flattened grid
     of `cells` cells of feature_dim // cells channels each.
+    synchronized: BatchNormalization computes its batch statistics over every replica's part of
+    the global batch (training on several devices), as one device would over the whole batch.
     """
     import keras
     from keras import layers
@@ -37,12 +45,12 @@ def build_decoder(config: ModelConfig, vocabulary_size: int, feature_dim: int, c
     if attention:
         grid = layers.Reshape((cells, feature_dim // cells), name="grid")(features)
         pooled = layers.GlobalAveragePooling1D(name="pool")(grid)
-    image = layers.BatchNormalization(name="image_norm")(pooled)
+    image = layers.BatchNormalization(synchronized=synchronized, name="image_norm")(pooled)
     image = layers.Dense(config.units, activation="relu", name="image_projection")(image)
     h0 = layers.Dense(config.units, activation="tanh", name="initial_h")(image)
     c0 = layers.Dense(config.units, name="initial_c")(image)
     if attention:
-        regions = layers.BatchNormalization(name="grid_norm")(grid)
+        regions = layers.BatchNormalization(synchronized=synchronized, name="grid_norm")(grid)
         regions = layers.Dense(config.units, activation="relu", name="region_projection")(regions)
         regions = layers.Dropout(config.dropout, name="region_dropout")(regions)
         keys = layers.Dense(config.attention_dim, name="region_keys")(regions)

@@ -106,7 +106,8 @@ class RunRecorder:
             state["best_epoch"],
             state["waited"],
         )
-        history = json.loads((self.run_dir / HISTORY_FILE).read_text(encoding="utf-8"))
+        path = self.run_dir / HISTORY_FILE  # absent for a worker that records nothing lasting
+        history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
         self.history = [row for row in history if row["epoch"] <= epoch]
 
     @property

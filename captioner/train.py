@@ -7,7 +7,9 @@ only to their own longest caption, so little LSTM work is spent on padding.
 
 from __future__ import annotations
 
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from captioner.arrays import CaptionArrays, caption_arrays, mirrored_features, r
 from captioner.batches import count_batches, make_batches
 from captioner.config import Config, TrainConfig
 from captioner.data import Dataset, load_dataset
+from captioner.distribute import is_chief, make_strategy, replicas
 from captioner.errors import RunError
 from captioner.recorder import (
     RunRecorder,
@@ -29,7 +32,7 @@ from captioner.store import load_feature_cache
 from captioner.text import Vocabulary, build_vocabulary
 
 
-def smoothed_cross_entropy(label_smoothing: float):
+def smoothed_cross_entropy(label_smoothing: float, reduction: str = "mean_with_sample_weight"):
     """Sparse cross-entropy on logits against targets smoothed toward the uniform distribution:
     (1 - e) * -log p(word) + e * mean over the vocabulary of -log p (Keras' sparse loss has no
     label_smoothing). The mean is over real words, not over padding too."""
@@ -43,20 +46,24 @@ def smoothed_cross_entropy(label_smoothing: float):
             uniform = ops.mean(log_p, axis=-1)
             return -(1.0 - label_smoothing) * picked[..., 0] - label_smoothing * uniform
 
-    return SmoothedSparseCrossEntropy(reduction="mean_with_sample_weight", name="smoothed_xent")
+    return SmoothedSparseCrossEntropy(reduction=reduction, name="smoothed_xent")
 
 
-def compile_decoder(model, config: TrainConfig) -> None:
-    """Adam with gradient clipping; masked sparse cross-entropy on logits; masked accuracy."""
+def compile_decoder(model, config: TrainConfig, replicas: int = 1) -> None:
+    """Adam with gradient clipping; masked sparse cross-entropy on logits; masked accuracy.
+
+    The loss is the mean over the batch's real words, not over padding too: the weighted mean,
+    or with several replicas the plain mean of weights normalized over the global batch
+    (`make_batches(normalize_weights=True)`), which is the same number however it is split.
+    """
     import keras
 
     optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
+    reduction = "mean_with_sample_weight" if replicas == 1 else "sum_over_batch_size"
     if config.label_smoothing:
-        loss = smoothed_cross_entropy(config.label_smoothing)
-    else:  # mean_with_sample_weight: the mean over real words, not over padding too.
-        loss = keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction="mean_with_sample_weight"
-        )
+        loss = smoothed_cross_entropy(config.label_smoothing, reduction)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
     model.compile(
         optimizer=optimizer,
         loss=loss,
@@ -108,7 +115,8 @@ def _callbacks(recorder: RunRecorder, config: TrainConfig, dev_scores, resumed: 
 
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            logs = {**logs, "learning_rate": float(self.model.optimizer.learning_rate)}
+            rate = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            logs = {**logs, "learning_rate": float(rate)}
             stop = recorder.record(self.model, epoch + 1, logs)
             state = {"epoch": epoch + 1, "stopped": stop, "recorder": recorder.state,
                      "plateau": plateau.state()}  # fmt: skip
@@ -160,7 +168,7 @@ def _prepare(data_root, features_path, config: Config, mirrored_features_path) -
 
 
 def _fit(model, prepared: _Prepared, config: Config, recorder: RunRecorder, progress: bool,
-         resumed: dict | None):  # fmt: skip
+         resumed: dict | None, replicas: int):  # fmt: skip
     dev = prepared.dev
     dev_scores = dev_scores_function(
         model,
@@ -179,9 +187,12 @@ def _fit(model, prepared: _Prepared, config: Config, recorder: RunRecorder, prog
             settings.seed,
             settings.mirror_probability,
             epochs=(first, settings.epochs),
+            normalize_weights=replicas > 1,
         ),
         steps_per_epoch=count_batches(prepared.train, settings.batch_size),
-        validation_data=make_batches(dev, settings.batch_size, False),
+        validation_data=make_batches(
+            dev, settings.batch_size, False, normalize_weights=replicas > 1
+        ),
         epochs=settings.epochs,
         initial_epoch=first,
         shuffle=False,  # tf.data shuffles (seeded); Keras cannot shuffle a Dataset anyway
@@ -211,13 +222,13 @@ def train(
     """
     start = time.perf_counter()
     prepared = _prepare(data_root, features_path, config, mirrored_features_path)
-    recorder = RunRecorder(run_dir, config.train.select_by, config.train.early_stopping_patience)
     paths = {"data": data_root, "features": features_path}
     if mirrored_features_path is not None:
         paths["mirrored_features"] = mirrored_features_path
-    recorder.start(config, prepared.encoder, prepared.vocabulary,
-                   **{key: str(Path(path).resolve()) for key, path in paths.items()})  # fmt: skip
-    return _train_and_summarize(prepared, config, recorder, progress, None, start)
+    paths = {key: str(Path(path).resolve()) for key, path in paths.items()}
+    with _recorder_for(run_dir, config) as recorder:
+        recorder.start(config, prepared.encoder, prepared.vocabulary, **paths)
+        return _train_and_summarize(prepared, config, recorder, progress, None, start, run_dir)
 
 
 def resume_training(run_dir: str | Path, progress: bool = True) -> TrainSummary:
@@ -234,33 +245,48 @@ def resume_training(run_dir: str | Path, progress: bool = True) -> TrainSummary:
     prepared = _prepare(info["data"], info["features"], config, info.get("mirrored_features"))
     if prepared.vocabulary.words != run.vocabulary.words:
         raise RunError(f"{run_dir}: the captions of {info['data']} changed since it started")
-    recorder = RunRecorder(run_dir, config.train.select_by, config.train.early_stopping_patience)
-    recorder.resume(resumed["epoch"], resumed["recorder"])
-    return _train_and_summarize(prepared, config, recorder, progress, resumed, start)
+    with _recorder_for(run_dir, config) as recorder:
+        recorder.resume(resumed["epoch"], resumed["recorder"])
+        return _train_and_summarize(prepared, config, recorder, progress, resumed, start, run_dir)
+
+
+@contextmanager
+def _recorder_for(run_dir, config: Config):
+    """The run recorder of this process: into `run_dir`, except for the workers of a
+    multi-worker run other than the chief, which train the same epochs but record them into a
+    temporary folder that they delete (the user has one run directory)."""
+    settings = config.train
+    if is_chief():
+        yield RunRecorder(run_dir, settings.select_by, settings.early_stopping_patience)
+        return
+    with tempfile.TemporaryDirectory(prefix="captioner-worker-") as folder:
+        yield RunRecorder(folder, settings.select_by, settings.early_stopping_patience)
 
 
 def _train_and_summarize(prepared, config: Config, recorder: RunRecorder, progress: bool,
-                         resumed: dict | None, start: float) -> TrainSummary:  # fmt: skip
+                         resumed: dict | None, start: float, run_dir) -> TrainSummary:  # fmt: skip
     import keras  # only now: bad input above fails without TensorFlow's start-up time
 
     from captioner.model import build_decoder
 
+    strategy = make_strategy(config.train.strategy)  # before TensorFlow runs any op
+    count = replicas(strategy)
     seed_everything(config.train.seed)
     keras.mixed_precision.set_global_policy(config.train.precision)
     try:
         encoder = prepared.encoder
-        model = build_decoder(
-            config.model, len(prepared.vocabulary), encoder.feature_dim, encoder.cells
-        )
-        compile_decoder(model, config.train)
-        if resumed:
-            restore_checkpoint(model, recorder.run_dir)
-        _fit(model, prepared, config, recorder, progress, resumed)
+        with strategy.scope():  # variables, optimizer and metrics mirrored on every replica
+            model = build_decoder(config.model, len(prepared.vocabulary), encoder.feature_dim,
+                                  encoder.cells, synchronized=count > 1)  # fmt: skip
+            compile_decoder(model, config.train, count)
+            if resumed:
+                restore_checkpoint(model, Path(run_dir))
+        _fit(model, prepared, config, recorder, progress, resumed, count)
     finally:  # the policy is global: leave the process as it was for decoding
         keras.mixed_precision.set_global_policy("float32")
     best = recorder.best_logs
     return TrainSummary(
-        recorder.run_dir,
+        Path(run_dir),
         len(recorder.history),
         recorder.best_epoch,
         best["val_loss"],
