@@ -10,6 +10,17 @@ sizes 256 and 256, each variant in its own process (so that peak memory is its o
              one-hot targets, categorical cross-entropy, batches of 64 captions' prefixes from a
              Python generator, the seeds' merge model; vocabulary: every training word.
              Timed over --classic-steps batches and extrapolated to the epoch (said so below).
+  ours-mirrored2
+             ours under train.strategy=mirrored on the CPU split into 2 logical devices
+             (CAPTIONER_CPU_DEVICES=2), the same global batches: what tf.distribute costs or
+             gains when both "devices" share the same 2 cores
+  matmul     not a trainer: float32 matrix products (2048 x 2048) timed for a few seconds,
+             the rate this machine reaches on its best-suited work. Each ours* row is also
+             given as floating-point work per second and as a fraction of that rate, the work
+             counted as 3x the forward pass (backward ~ 2x forward) of, per padded word
+             position, 8(E+H)H for the LSTM, 2H^2 for the hidden layer and 2HV for the
+             logits, and per caption 2(DH + 2H^2) for the image path (E, H: embedding and LSTM
+             widths, V: vocabulary, D: feature size).
   softmax-only, softmax-only-full
              a lower bound, not a trainer: ours with the LSTM and the image path removed
              (embedding -> logits), so only the work every recipe must do remains: a softmax
@@ -18,7 +29,8 @@ sizes 256 and 256, each variant in its own process (so that peak memory is its o
              this trainer would reach if its LSTM and image path cost nothing.
 
     python scripts/bench_train.py --data ../shared/flickr8k \\
-        --features data/flickr8k-efficientnet_lite0.pkl
+        --features data/flickr8k-efficientnet_lite0
+    python scripts/bench_train.py --only ours ours-mirrored2 matmul   # a subset
 """
 
 from __future__ import annotations
@@ -83,8 +95,67 @@ def run_ours(
     model.fit(batches.take(10), verbose=0)  # trace and compile outside the timing
     start = time.perf_counter()
     model.fit(batches, epochs=1, verbose=0)
-    return {"samples": len(arrays.inputs), "vocabulary": vocabulary_size,
-            "seconds": time.perf_counter() - start, "measured": "one full epoch"}  # fmt: skip
+    seconds = time.perf_counter() - start
+    flops = None if softmax_only else decoder_flops(batches, arrays, vocabulary_size)
+    return {"samples": len(arrays.inputs), "vocabulary": vocabulary_size, "seconds": seconds,
+            "flops": flops, "measured": "one full epoch"}  # fmt: skip
+
+
+def run_mirrored(data: str, features: str) -> dict:
+    """ours on 2 logical CPU devices under MirroredStrategy (set up before TensorFlow starts)."""
+    os.environ["CAPTIONER_CPU_DEVICES"] = "2"
+    from captioner.distribute import make_strategy, replicas
+
+    strategy = make_strategy("mirrored")
+    import keras
+
+    from captioner.batches import make_batches
+    from captioner.config import ModelConfig, TrainConfig
+    from captioner.model import build_decoder
+    from captioner.train import compile_decoder
+
+    arrays, vocabulary_size = load(data, features, 5)
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = build_decoder(ModelConfig(SIZE, SIZE, 0.5), vocabulary_size,
+                              arrays.features.shape[1], synchronized=True)  # fmt: skip
+        compile_decoder(model, TrainConfig(batch_size=BATCH), replicas(strategy))
+    batches = make_batches(arrays, BATCH, shuffle=True, normalize_weights=True)
+    model.fit(batches.take(10), verbose=0)
+    start = time.perf_counter()
+    model.fit(batches, epochs=1, verbose=0)
+    seconds = time.perf_counter() - start
+    return {"samples": len(arrays.inputs), "vocabulary": vocabulary_size, "seconds": seconds,
+            "flops": decoder_flops(batches, arrays, vocabulary_size),
+            "measured": f"one full epoch, {replicas(strategy)} replicas"}  # fmt: skip
+
+
+def decoder_flops(batches, arrays, vocabulary_size: int) -> float:
+    """Floating-point operations of one training epoch of the SIZE/SIZE decoder with its hidden
+    layer (the formula in this file's docstring), padding inside each batch included."""
+    positions = sum(int(x.shape[0]) * int(x.shape[1]) for (_, x), _, _ in batches)
+    e = h = SIZE
+    per_position = 8 * (e + h) * h + 2 * h * h + 2 * h * vocabulary_size
+    per_caption = 2 * (arrays.features.shape[1] * h + 2 * h * h)
+    return 3.0 * (positions * per_position + len(arrays.inputs) * per_caption)
+
+
+def run_matmul(seconds: float = 5.0, size: int = 2048) -> dict:
+    """float32 matrix-product rate of this machine through TensorFlow, in FLOP/s."""
+    import tensorflow as tf
+
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    product = tf.function(lambda a, b: tf.matmul(a, b))
+    product(a, b).numpy()  # trace and warm up outside the timing
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        product(a, b).numpy()
+        count += 1
+    elapsed = time.perf_counter() - start
+    return {"samples": count, "vocabulary": 0, "seconds": elapsed,
+            "flops_per_second": 2 * size**3 * count / elapsed,
+            "measured": f"{count} products of {size} x {size}"}  # fmt: skip
 
 
 def classic_batches(arrays, vocabulary_size: int, max_length: int, seed: int = 0):
@@ -136,6 +207,10 @@ def run_classic(data: str, features: str, steps: int) -> dict:
 def child(args) -> None:
     if args.variant == "classic":
         result = run_classic(args.data, args.features, args.classic_steps)
+    elif args.variant == "matmul":
+        result = run_matmul()
+    elif args.variant == "ours-mirrored2":
+        result = run_mirrored(args.data, args.features)
     else:
         precision = "mixed_bfloat16" if args.variant.endswith("-bf16") else "float32"
         vocabulary_rule = 1 if "-full" in args.variant else 5
@@ -150,18 +225,21 @@ def main():
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--data", default="../shared/flickr8k")
-    parser.add_argument("--features", default="data/flickr8k-efficientnet_lite0.pkl")
+    parser.add_argument("--features", default="data/flickr8k-efficientnet_lite0")
     parser.add_argument("--classic-steps", type=int, default=20)
     parser.add_argument("--with-bf16", action="store_true",
                         help="also time ours with train.precision=mixed_bfloat16")  # fmt: skip
+    parser.add_argument("--only", nargs="+", help="run only these variants")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # set in the child processes
     args = parser.parse_args()
     if args.variant:
         return child(args)
     results = {}
-    variants = ["ours", "ours-full", "classic", "softmax-only", "softmax-only-full"]
+    variants = ["ours", "ours-full", "ours-mirrored2", "classic", "softmax-only",
+                "softmax-only-full", "matmul"]  # fmt: skip
     if args.with_bf16:
-        variants[2:2] = ["ours-bf16", "ours-full-bf16"]
+        variants[3:3] = ["ours-bf16", "ours-full-bf16"]
+    variants = [v for v in variants if not args.only or v in args.only]
     for variant in variants:
         command = [sys.executable, __file__, "--variant", variant, "--data", args.data,
                    "--features", args.features,
@@ -176,6 +254,9 @@ def main():
     for name, r in results.items():
         print(f"{name:17} {r['vocabulary']:6d} {r['samples']:14,d} {r['seconds']:8.1f} "
               f"{r['peak_rss_mb']:12.0f}  {r['measured']}")  # fmt: skip
+    report_hardware_fraction(results)
+    if "classic" not in results:
+        return
     classic = results["classic"]["seconds"]
     for name in results:
         if name != "classic":
@@ -184,6 +265,21 @@ def main():
                 label = f"ceiling if the LSTM and the image cost nothing, {label}"
             ratio = classic / results[name]["seconds"]
             print(f"speed-up, {label} ({name} vs classic): {ratio:.1f}x")
+
+
+def report_hardware_fraction(results: dict) -> None:
+    """Each ours* row's work per second against the measured matmul rate; mirrored vs one."""
+    rate = results.get("matmul", {}).get("flops_per_second")
+    for name, r in results.items():
+        if r.get("flops") and rate:
+            achieved = r["flops"] / r["seconds"]
+            print(
+                f"{name}: {r['flops'] / 1e12:.2f} TFLOP per epoch, {achieved / 1e9:.1f} GFLOP/s"
+                f" = {achieved / rate:.1%} of the float32 matmul rate ({rate / 1e9:.1f} GFLOP/s)"
+            )
+    if "ours" in results and "ours-mirrored2" in results:
+        ratio = results["ours"]["seconds"] / results["ours-mirrored2"]["seconds"]
+        print(f"mirrored on 2 logical CPUs against one device: {ratio:.2f}x the speed")
 
 
 if __name__ == "__main__":
