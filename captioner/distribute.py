@@ -5,7 +5,7 @@
                  the CPU split into N logical devices (to run and test the path without GPUs)
     multiworker  tf.distribute.MultiWorkerMirroredStrategy: the machines of TF_CONFIG, each
                  running the same `captioner train` command; worker 0 (or the "chief") writes
-                 the run directory, the others write into a temporary folder they delete
+                 the run directory, the others write nothing
 
 The model is built and compiled inside the strategy's scope; batches keep the global batch size
 and the strategy splits each one across the replicas. Keras 3.15 cannot run `fit` under

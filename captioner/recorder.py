@@ -62,9 +62,12 @@ class RunRecorder:
         patience: epochs without a better score before `record` says stop; 0 never stops.
     """
 
-    def __init__(self, run_dir: str | Path, monitor: str, patience: int):
+    def __init__(self, run_dir: str | Path, monitor: str, patience: int, writes: bool = True):
         self.run_dir = Path(run_dir)
         self.monitor, self.patience = monitor, patience
+        # False for the workers of a multi-worker run other than the chief: they keep the same
+        # counters (and so stop at the same epoch) but write nothing.
+        self.writes = writes
         self.history: list[dict[str, float]] = []
         self.best: float | None = None
         self.best_epoch = 0
@@ -72,6 +75,8 @@ class RunRecorder:
 
     def start(self, config: Config, encoder: EncoderInfo, vocabulary: Vocabulary, **info):
         """Creates the directory with the vocabulary and run.json (config, encoder, `info`)."""
+        if not self.writes:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         vocabulary.save(self.run_dir / VOCABULARY_FILE)
         save_run_info(self.run_dir, config, encoder, vocabulary_size=len(vocabulary), **info)
@@ -83,14 +88,16 @@ class RunRecorder:
         """
         logs = {key: float(value) for key, value in logs.items()}
         self.history.append({"epoch": epoch, **logs})
-        if epoch > 0:
+        if epoch > 0 and self.writes:
             save_keras_model(model, self.run_dir / LAST_FILE)
         if is_better(logs[self.monitor], self.best, self.monitor):
             self.best, self.best_epoch, self.waited = logs[self.monitor], epoch, 0
-            save_keras_model(model, self.run_dir / MODEL_FILE)
+            if self.writes:
+                save_keras_model(model, self.run_dir / MODEL_FILE)
         else:
             self.waited += 1
-        self._write_logs()
+        if self.writes:
+            self._write_logs()
         return self.patience > 0 and self.waited >= self.patience
 
     @property
@@ -106,8 +113,7 @@ class RunRecorder:
             state["best_epoch"],
             state["waited"],
         )
-        path = self.run_dir / HISTORY_FILE  # absent for a worker that records nothing lasting
-        history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+        history = json.loads((self.run_dir / HISTORY_FILE).read_text(encoding="utf-8"))
         self.history = [row for row in history if row["epoch"] <= epoch]
 
     @property

@@ -7,9 +7,7 @@ only to their own longest caption, so little LSTM work is spent on padding.
 
 from __future__ import annotations
 
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,15 +118,12 @@ def _callbacks(recorder: RunRecorder, config: TrainConfig, dev_scores, resumed: 
             stop = recorder.record(self.model, epoch + 1, logs)
             state = {"epoch": epoch + 1, "stopped": stop, "recorder": recorder.state,
                      "plateau": plateau.state()}  # fmt: skip
-            save_checkpoint(self.model, recorder.run_dir, state)
+            if recorder.writes:
+                save_checkpoint(self.model, recorder.run_dir, state)
             self.model.stop_training = stop
 
-    return [
-        DevScores(),
-        keras.callbacks.TensorBoard(str(recorder.run_dir / TENSORBOARD_DIR)),
-        plateau,
-        Record(),
-    ]
+    board = [keras.callbacks.TensorBoard(str(recorder.run_dir / TENSORBOARD_DIR))]
+    return [DevScores(), *(board if recorder.writes else []), plateau, Record()]
 
 
 @dataclass
@@ -226,9 +221,9 @@ def train(
     if mirrored_features_path is not None:
         paths["mirrored_features"] = mirrored_features_path
     paths = {key: str(Path(path).resolve()) for key, path in paths.items()}
-    with _recorder_for(run_dir, config) as recorder:
-        recorder.start(config, prepared.encoder, prepared.vocabulary, **paths)
-        return _train_and_summarize(prepared, config, recorder, progress, None, start, run_dir)
+    recorder = _recorder_for(run_dir, config)
+    recorder.start(config, prepared.encoder, prepared.vocabulary, **paths)
+    return _train_and_summarize(prepared, config, recorder, progress, None, start, run_dir)
 
 
 def resume_training(run_dir: str | Path, progress: bool = True) -> TrainSummary:
@@ -245,22 +240,17 @@ def resume_training(run_dir: str | Path, progress: bool = True) -> TrainSummary:
     prepared = _prepare(info["data"], info["features"], config, info.get("mirrored_features"))
     if prepared.vocabulary.words != run.vocabulary.words:
         raise RunError(f"{run_dir}: the captions of {info['data']} changed since it started")
-    with _recorder_for(run_dir, config) as recorder:
-        recorder.resume(resumed["epoch"], resumed["recorder"])
-        return _train_and_summarize(prepared, config, recorder, progress, resumed, start, run_dir)
+    recorder = _recorder_for(run_dir, config)
+    recorder.resume(resumed["epoch"], resumed["recorder"])
+    return _train_and_summarize(prepared, config, recorder, progress, resumed, start, run_dir)
 
 
-@contextmanager
-def _recorder_for(run_dir, config: Config):
-    """The run recorder of this process: into `run_dir`, except for the workers of a
-    multi-worker run other than the chief, which train the same epochs but record them into a
-    temporary folder that they delete (the user has one run directory)."""
+def _recorder_for(run_dir, config: Config) -> RunRecorder:
+    """The run recorder of this process. The workers of a multi-worker run other than the chief
+    keep its counters but write nothing: the user has one run directory, and nothing else to
+    clean up, even after a worker was killed."""
     settings = config.train
-    if is_chief():
-        yield RunRecorder(run_dir, settings.select_by, settings.early_stopping_patience)
-        return
-    with tempfile.TemporaryDirectory(prefix="captioner-worker-") as folder:
-        yield RunRecorder(folder, settings.select_by, settings.early_stopping_patience)
+    return RunRecorder(run_dir, settings.select_by, settings.early_stopping_patience, is_chief())
 
 
 def _train_and_summarize(prepared, config: Config, recorder: RunRecorder, progress: bool,

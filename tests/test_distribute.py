@@ -127,3 +127,42 @@ def test_two_workers_train_one_run_directory(one_device, flickr8k_data, tmp_path
     # Two workers of one replica each split every global batch as two local devices do.
     one = _history(folder / "one")[0]
     assert _close([history[0]["loss"]], [one["loss"]], 1e-4)
+
+
+def test_a_killed_multiworker_job_resumes_on_every_worker(one_device, flickr8k_data, tmp_path):
+    import signal
+    import time
+
+    folder, run = one_device, tmp_path / "run"
+
+    def start(*options):
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+        return [
+            _train(flickr8k_data, folder / "features", run, *options, wait=False,
+                   env={"TF_CONFIG": json.dumps({"cluster": cluster,
+                                                 "task": {"type": "worker", "index": index}})})
+            for index in range(2)
+        ]  # fmt: skip
+
+    workers = start("--epochs", "3", "--strategy", "multiworker")
+    deadline = time.monotonic() + 180
+    while not (run / "resume.npz").exists():
+        assert all(w.poll() is None for w in workers) and time.monotonic() < deadline
+        time.sleep(0.01)
+    for worker in workers:  # a lost machine takes the job down: every worker is restarted
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    assert 1 <= len(_history(run)) < 3
+    resumed = [
+        subprocess.Popen(
+            [sys.executable, "-m", "captioner", "train", "--resume", str(run), "--no-progress"],
+            env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CONFIG": json.dumps(
+                {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                 "task": {"type": "worker", "index": index}})},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        for ports in [_free_ports(2)]
+        for index in range(2)
+    ]  # fmt: skip
+    assert all("trained 3 epochs" in _finish(worker) for worker in resumed)
+    assert [h["epoch"] for h in _history(run)] == [1, 2, 3]
