@@ -35,11 +35,36 @@ def make_batches(
     """
     import tensorflow as tf
 
+    one_epoch = _epoch_maker(arrays, batch_size, shuffle, seed, mirror_probability)
+    lookup = _feature_lookup(arrays, mirror_probability > 0)
+
+    def to_model(rows, x, y):
+        weights = tf.cast(tf.not_equal(y, 0), tf.float32)
+        if normalize_weights:
+            weights /= tf.reduce_mean(weights)
+        return (lookup(rows), x), y, weights
+
+    data = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
+    data = data.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
+    # Known length: Keras shows real progress and does not warn that the data "ran out".
+    batches = count_batches(arrays, batch_size) * (epochs[1] - epochs[0])
+    data = data.apply(tf.data.experimental.assert_cardinality(batches))
+    # Under a multi-worker strategy each worker takes every N-th batch of this same pipeline
+    # (DATA); the default could shard by files, and this data has none.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return data.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _epoch_maker(arrays: CaptionArrays, batch_size: int, shuffle: bool, seed: int,
+                 mirror_probability: float):  # fmt: skip
+    """epoch (int64 scalar tensor) -> that epoch's batches of (feature row, inputs, targets)."""
+    import tensorflow as tf
+
     count = len(arrays.inputs)
     columns = [tf.constant(a) for a in (arrays.image_rows, arrays.inputs, arrays.targets)]
     lengths = tf.constant(arrays.lengths)
     images = len(arrays.features)
-    lookup = _feature_lookup(arrays, mirror_probability > 0)
 
     def one_epoch(epoch):
         epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
@@ -58,22 +83,7 @@ def make_batches(
             bucket_batch_sizes=[batch_size] * (len(_LENGTH_BOUNDARIES) + 1),
         )
 
-    def to_model(rows, x, y):
-        weights = tf.cast(tf.not_equal(y, 0), tf.float32)
-        if normalize_weights:
-            weights /= tf.reduce_mean(weights)
-        return (lookup(rows), x), y, weights
-
-    data = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
-    data = data.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
-    # Known length: Keras shows real progress and does not warn that the data "ran out".
-    batches = count_batches(arrays, batch_size) * (epochs[1] - epochs[0])
-    data = data.apply(tf.data.experimental.assert_cardinality(batches))
-    # Under a multi-worker strategy each worker takes every N-th batch of this same pipeline
-    # (DATA); the default could shard by files, and this data has none.
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return data.prefetch(tf.data.AUTOTUNE).with_options(options)
+    return one_epoch
 
 
 def _feature_lookup(arrays: CaptionArrays, with_mirrored: bool):
