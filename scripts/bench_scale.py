@@ -137,20 +137,14 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
 def photo_folder(data: str, count: int, folder: Path) -> Path:
-    """`count` Flickr8k photos linked into a Kaggle-layout folder (captions.txt beside them), so
-    `caption` reads the folder and `extract` the dataset, photos the same."""
+    """`count` Flickr8k photos linked into a Kaggle-layout folder, so `caption` reads the
+    folder and `extract` the dataset, photos the same."""
+    from bench_extract import temporary_dataset  # scripts/ is on the path when run as a script
+
     from captioner.data import load_dataset
 
     dataset = load_dataset(data)
-    names = sorted(dataset.captions)[:count]
-    target = folder / f"photos-{count}"
-    (target / "Images").mkdir(parents=True)
-    lines = ["image,caption"]
-    for name in names:
-        (target / "Images" / name).symlink_to(dataset.image_path(name).resolve())
-        lines.append(f"{name},{dataset.captions[name][0].replace(',', ' ')}")
-    (target / "captions.txt").write_text("\n".join(lines) + "\n")
-    return target
+    return temporary_dataset(dataset, sorted(dataset.captions)[:count], folder / f"photos-{count}")
 
 
 def bench_caption(data: str, counts: list[int], folder: Path) -> list[dict]:
