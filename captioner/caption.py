@@ -207,7 +207,7 @@ def caption_to_file(
     done = read_names(output)
     todo = [photo for photo in photos if photo.name not in done]
     summary = CaptionFileSummary(Path(output), 0, len(photos) - len(todo))
-    bar = tqdm(total=len(todo), unit="photo", desc="caption", disable=not progress)
+    bar = tqdm(total=len(todo), unit="photo", desc="caption", disable=not (progress and todo))
     chunks = iter_captions(run_dirs, todo, decode, decode_batch=decode_batch) if todo else []
     with CaptionWriter(output) as writer, bar:
         for chunk in chunks:
