@@ -5,6 +5,7 @@ The stages, each one function (TensorFlow is imported only when a stage runs):
     from captioner.features import extract_features   # images -> cached feature vectors
     from captioner.train import train                  # features + captions -> run directory
     from captioner.caption import caption_images       # run directory + photos -> captions
+    from captioner.caption import caption_to_file      # ... -> a resumable captions file
     from captioner.evaluate import evaluate            # run directory + split -> BLEU, CIDEr-D
 """
 

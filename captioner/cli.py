@@ -344,24 +344,54 @@ def finetune(source_run, run_dir, data, features, epochs, learning_rate, seed, p
 @click.option("--run", "run_dirs", multiple=True, type=click.Path(),
               help="Run directory; repeat it to decode with an ensemble "
               "[default: the reference Flickr8k model shipped with captioner].")  # fmt: skip
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Append the captions to this file as they come, .jsonl, .csv or .tsv (by "
+              "its suffix), instead of printing them; photos already in it are skipped, so a "
+              "stopped run resumes.")  # fmt: skip
+@click.option("--shard", metavar="I/N",
+              help="Caption only shard I of N (e.g. 2/4): a photo's shard comes from its "
+              "name, so N jobs can share a folder, each with its own --output.")  # fmt: skip
+@click.option("--decode-batch", type=click.IntRange(1),
+              help="Photos decoded together: the larger, the faster per photo "
+              "[default: 256].")  # fmt: skip
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar on stderr [default: with --output].")  # fmt: skip
 @click.option("--save", type=click.Path(),
               help="Write the photo with its caption under it: a file for one photo, "
               "a folder (PHOTO.captioned.png in it) for several.")  # fmt: skip
 @decode_options
-def caption(images, run_dirs, save, beam, max_length, length_penalty, no_repeat_ngram):
-    """Caption photos (files, or folders of them) with the run's own decoding settings.
+def caption(images, run_dirs, output, shard, decode_batch, progress, save, beam, max_length,
+            length_penalty, no_repeat_ngram):  # fmt: skip
+    """Caption photos (files, or folders: every image below them) with the run's own decoding
+    settings. Prints PATH<TAB>CAPTION lines, or with --output writes a captions file (columns
+    image, caption, error; a photo found in a folder is named by its path relative to it).
 
     The shipped model decodes with beam 3 (chosen on the dev split); --beam 1 is greedy.
+
+    Exit status: without --output, 1 if a photo could not be read. With --output, 0 even then:
+    unreadable photos are listed on stderr and written to the file with their error, so that
+    a resumed run does not try them again; 1 for anything else.
 
     \b
       captioner caption --run runs/flickr8k-efficientnet_lite0 photo.jpg
       captioner caption --run runs/flickr8k-efficientnet_lite0 --beam 3 holiday/
+      captioner caption archive/ --output captions.jsonl
+      captioner caption archive/ --output captions-2.csv --shard 2/4
     """
-    from captioner.caption import caption_images
+    from captioner.shards import parse_shard
 
+    shard = parse_shard(shard)
     runs, decode = _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngram)
+    batch = {"decode_batch": decode_batch} if decode_batch else {}
+    if output:
+        _caption_to_file(runs, images, output, decode, shard, progress, save, batch)
+        return
+    from captioner.caption import stream_captions
+
     failures = 0
-    for result in caption_images(runs, list(images), decode):
+    for result in stream_captions(
+        runs, list(images), decode, shard, progress=bool(progress), **batch
+    ):
         if result.caption is None:
             failures += 1
             click.echo(f"{result.path}: cannot read this image ({result.error})", err=True)
@@ -376,6 +406,23 @@ def caption(images, run_dirs, save, beam, max_length, length_penalty, no_repeat_
                 draw_caption(result.path, result.caption, output)
     if failures:
         sys.exit(1)
+
+
+def _caption_to_file(runs, images, output, decode, shard, progress, save, batch):
+    """`caption --output`: one library call, then a summary and the unreadable photos."""
+    from captioner.caption import caption_to_file
+
+    if save:
+        raise click.ClickException("--save draws photos one at a time: use it without --output")
+    progress = True if progress is None else progress
+    s = caption_to_file(runs, list(images), output, decode, shard=shard, progress=progress,
+                        **batch)  # fmt: skip
+    for name, why in sorted(s.unreadable.items()):
+        click.echo(f"{name}: cannot read this image ({why})", err=True)
+    click.echo(
+        f"captioned {s.captioned} photos ({s.already_done} already in the output, "
+        f"{len(s.unreadable)} unreadable) in {s.seconds:.1f} s -> {s.output}"
+    )
 
 
 @cli.command(context_settings=CONTEXT)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -45,17 +47,34 @@ def try_load_image(path: str | Path, size: int) -> np.ndarray | str:
         return f"{type(error).__name__}: {error}".strip().splitlines()[0]
 
 
-def find_images(paths: list[str | Path]) -> list[Path]:
-    """Expands folders into their image files (sorted, not recursing); files are kept as given."""
-    found: list[Path] = []
+class Photo(NamedTuple):
+    """A photo to caption: `name` is how outputs and shards know it, `path` where it is read."""
+
+    name: str  # the path as given, or for a photo found in a folder its path relative to it
+    path: Path
+
+
+def find_photos(paths: list[str | Path]) -> list[Photo]:
+    """Expands folders into the image files anywhere below them, sorted by their path relative
+    to the folder, which is their name; hidden files and folders (".*") are left out. Files are
+    kept as given, named as given."""
+    found: list[Photo] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(
-                p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-            )
+            found += [Photo(name, path / name) for name in sorted(_images_below(path))]
         else:
-            found.append(path)
+            found.append(Photo(str(path), path))
     return found
+
+
+def _images_below(folder: Path) -> Iterator[str]:
+    """Relative POSIX paths of the image files in `folder` and its subfolders."""
+    for directory, subfolders, files in os.walk(folder):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        relative = Path(directory).relative_to(folder)
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield (relative / name).as_posix()
 
 
 def batches_of_images(

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from captioner.images import find_images, load_image, try_load_image
+from captioner.images import Photo, find_photos, load_image, try_load_image
 
 
 def test_photos_in_any_mode_become_rgb(tmp_path):
@@ -130,16 +130,18 @@ def test_missing_truncated_and_other_files_give_one_line_reasons(tmp_path):
     )
 
 
-def test_find_images_expands_folders_into_their_photos_sorted(tmp_path):
-    for name in ("b.JPG", "a.png", "c.txt", "d.webp"):
+def test_find_photos_expands_folders_into_their_photos_sorted(tmp_path):
+    for name in ("b.JPG", "a.png", "c.txt", "d.webp", ".hidden.jpg"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "sub.jpg").mkdir()  # a folder, even one named like a photo, is not a photo
+    (tmp_path / "sub.jpg" / "e.jpg").write_bytes(b"")  # but the photos in it are
     given = tmp_path / "c.txt"  # a file given by name is kept whatever it is called
-    assert find_images([tmp_path, given]) == [
-        tmp_path / "a.png",
-        tmp_path / "b.JPG",
-        tmp_path / "d.webp",
-        given,
+    assert find_photos([tmp_path, given]) == [
+        Photo("a.png", tmp_path / "a.png"),
+        Photo("b.JPG", tmp_path / "b.JPG"),
+        Photo("d.webp", tmp_path / "d.webp"),
+        Photo("sub.jpg/e.jpg", tmp_path / "sub.jpg" / "e.jpg"),
+        Photo(str(given), given),
     ]
 
 
