@@ -470,5 +470,61 @@ def encoders():
         )
 
 
+@cli.command("serve", context_settings=CONTEXT)
+@click.option("--run", "run_dirs", multiple=True, type=click.Path(),
+              help="Run directory; repeat it to decode with an ensemble "
+              "[default: the reference Flickr8k model shipped with captioner].")  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 opens it to the network.")  # fmt: skip
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--max-upload-mb",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(0.001),
+    help="Largest request body, all photos together (MB = 10^6 bytes): 413 past it.",
+)
+@click.option("--max-files", default=16, show_default=True, type=click.IntRange(1, 256),
+              help="Most photos per request.")  # fmt: skip
+@click.option(
+    "--max-megapixels",
+    default=40.0,
+    show_default=True,
+    type=click.FloatRange(0.001),
+    help="Most pixels per photo, read from its header before decoding: 413 past it.",
+)
+@click.option(
+    "--max-batch",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Most photos per model call, from concurrent requests; 1 turns batching off.",
+)
+@click.option(
+    "--batch-wait-ms",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0, 1000),
+    help="How long a batch's first photo waits for others to join it.",
+)
+def serve_command(run_dirs, host, port, max_upload_mb, max_files, max_megapixels, max_batch,
+                  batch_wait_ms):  # fmt: skip
+    """Serve captions over HTTP: a page to caption photos, and a JSON API.
+
+    The model is loaded once; POST /api/caption takes photos (multipart field `file`, or an
+    image body) with decoding options as query parameters (?beam=3&length_penalty=0.7).
+
+    \b
+      captioner serve                                  # http://127.0.0.1:8000
+      captioner serve --run runs/flickr8k-seed0 --port 8080
+      curl -F file=@photo.jpg 'http://127.0.0.1:8000/api/caption?beam=1'
+    """
+    from captioner.serve import ServeSettings, serve
+
+    settings = ServeSettings(max_upload_mb, max_files, max_megapixels, max_batch, batch_wait_ms)
+    serve(run_dirs, host, port, settings)
+    click.echo("stopped", err=True)
+
+
 def main():
     cli(prog_name="captioner")
