@@ -28,7 +28,7 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
@@ -103,7 +103,10 @@ def serve(run_dirs=(), host: str = "127.0.0.1", port: int = 8000, settings=None)
     captioner = Captioner.load(*run_dirs)
     captioner.warm_up()
     app = create_app(captioner, settings)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    # uvicorn stops gracefully on Ctrl-C or SIGTERM, then raises that signal again: Ctrl-C is
+    # how a server is meant to stop, so it ends this call normally.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
 
 class _Service:
@@ -239,10 +242,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise BadRequest(413, too_large)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BadRequest(413, too_large)
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise BadRequest(413, too_large)
+    except ClientDisconnect:  # nobody to answer; not an error of ours either
+        raise BadRequest(400, "the client went away before sending its whole body") from None
     return bytes(body)
 
 
