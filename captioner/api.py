@@ -32,9 +32,16 @@ from captioner.config import DecodeConfig
 from captioner.errors import ConfigError, ImageError
 from captioner.rundir import Run, load_runs
 
-# Photos per encoder call in caption(): large enough to keep the CPU's cores busy, small
-# enough that the decoded photos of one call stay a few MB.
-ENCODE_BATCH = 32
+# Photos per model call (encoder, then decoder) in caption(): large enough to keep the CPU's
+# cores busy, small enough that the decoded photos of one call stay a few MB.
+CAPTION_BATCH = 32
+# The encoder's batch sizes, as TF Serving's allowed_batch_sizes: a batch is padded with blank
+# photos up to the next one (their features dropped), larger ones split in 16s. Each batch size
+# the encoder meets costs about 11 MB the first time (oneDNN's buffers for that shape; measured
+# on EfficientNet-Lite1, 2026-11-30), so a fixed few keep memory flat, and warm_up() meets them
+# all at start-up. Padding adds at most a third (9 -> 12); 16 at a time is as fast per photo as
+# 32 on 2 CPU cores, for less memory.
+ENCODER_BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 # Compiled decoders kept, one per decoding setting: each new setting costs a compilation (about
 # a second), and an unbounded cache would grow with every setting a client tries.
 DECODERS_KEPT = 8
@@ -63,8 +70,8 @@ class Captioner:
         self.vocabulary = run.vocabulary
         self.input_size = run.encoder.input_size
         model = build_encoder(run.encoder.name, run.encoder.weights, grid=run.encoder.cells > 0)
-        # Batches are not padded (batch_size 1): after its second batch size the compiled forward
-        # pass takes any size, so a batch of one costs one photo's work.
+        # batch_size 1: no padding there (features() pads to ENCODER_BATCH_SIZES); after its
+        # second batch size the compiled forward pass takes any size without retracing.
         self._encode = make_encode_function(model, 1)
         self._steps = decoder_steps(runs)
         self._decoders: OrderedDict[DecodeConfig, object] = OrderedDict()
@@ -123,8 +130,8 @@ class Captioner:
         many = isinstance(photos, list | tuple)
         photos = list(photos) if many else [photos]
         results = []
-        for start in range(0, len(photos), ENCODE_BATCH):
-            chunk = photos[start : start + ENCODE_BATCH]
+        for start in range(0, len(photos), CAPTION_BATCH):
+            chunk = photos[start : start + CAPTION_BATCH]
             results += self.caption_images(np.stack([self.prepare(p) for p in chunk]), decoding)
         if not scores:
             results = [caption for caption, _ in results]
@@ -162,15 +169,30 @@ class Captioner:
             raise ImageError(f"expected uint8 photos (N, {size}, {size}, 3), got {images.shape}")
         if not len(images):
             return []
-        ids, values = self._decoder(decoding)(self._encode(images))
+        ids, values = self._decoder(decoding)(self.features(images))
         return [(" ".join(self.vocabulary.decode(row)), float(v)) for row, v in zip(ids, values)]
 
-    def warm_up(self) -> None:
-        """Compiles the encoder and the run's own decoder on blank photos, so that the first
-        real caption is not the one that waits for it."""
-        blank = np.full((2, self.input_size, self.input_size, 3), 255, np.uint8)
-        for count in (1, 2):  # two batch sizes: the encoder's forward pass then takes any size
-            self.caption_images(blank[:count], self.decoding())
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """The encoder's features of prepared photos (N, size, size, 3), in batches of
+        ENCODER_BATCH_SIZES (padded up to the next one)."""
+        largest, parts = ENCODER_BATCH_SIZES[-1], []
+        for start in range(0, len(images), largest):
+            chunk = images[start : start + largest]
+            size = next(s for s in ENCODER_BATCH_SIZES if s >= len(chunk))
+            blank = np.zeros((size - len(chunk), *chunk.shape[1:]), chunk.dtype)
+            parts.append(self._encode(np.concatenate([chunk, blank]))[: len(chunk)])
+        return np.concatenate(parts)
+
+    def warm_up(self, largest_batch: int = CAPTION_BATCH) -> None:
+        """Runs the encoder once at every batch size it will meet, and the run's own decoder on
+        `largest_batch` photos, all blank: the first real captions do not wait for compilation,
+        and memory does not grow later as new batch sizes come."""
+        size = self.input_size
+        blank = np.full((max(largest_batch, ENCODER_BATCH_SIZES[-1]), size, size, 3), 255)
+        blank = blank.astype(np.uint8)
+        for count in ENCODER_BATCH_SIZES:
+            self.features(blank[:count])
+        self.caption_images(blank[:largest_batch], self.decoding())
 
     def describe(self) -> dict:
         """What is loaded: the run directories, encoder, vocabulary and decoding settings."""

@@ -101,7 +101,7 @@ def serve(run_dirs=(), host: str = "127.0.0.1", port: int = 8000, settings=None)
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, not just warn
     captioner = Captioner.load(*run_dirs)
-    captioner.warm_up()
+    captioner.warm_up(settings.max_batch)
     app = create_app(captioner, settings)
     # uvicorn stops gracefully on Ctrl-C or SIGTERM, then raises that signal again: Ctrl-C is
     # how a server is meant to stop, so it ends this call normally.

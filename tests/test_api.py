@@ -111,3 +111,13 @@ def test_a_trained_run_and_an_ensemble_load_by_directory(flickr8k_data, tmp_path
     assert len(captioner._decoders) == api.DECODERS_KEPT
     with pytest.raises(RunError, match="run directory not found"):
         Captioner.load(tmp_path / "nowhere")
+
+
+def test_batches_are_padded_to_the_encoders_sizes_and_split_past_them(shipped_captioner):
+    photo = shipped_captioner.prepare(CHELSEA)
+    alone = shipped_captioner.features(photo[None])
+    sizes = [5, api.ENCODER_BATCH_SIZES[-1] + 1]  # padded to 6; 16 then 1
+    for count in sizes:
+        features = shipped_captioner.features(np.stack([photo] * count))
+        assert features.shape == (count, alone.shape[1])
+        np.testing.assert_allclose(features, np.repeat(alone, count, 0), rtol=1e-4, atol=1e-4)
