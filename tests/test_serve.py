@@ -369,3 +369,13 @@ def test_a_real_server_answers_and_a_stalled_client_does_not_hold_it(
     text = log.read_text()
     assert "Uvicorn running on http://127.0.0.1" in text and "Finished server process" in text
     assert "Traceback" not in text, text
+
+
+def test_serve_refuses_a_missing_run_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from captioner.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "--run", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {tmp_path / 'nowhere'}: run directory not found\n"
