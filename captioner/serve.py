@@ -194,7 +194,8 @@ def _decoding(captioner: Captioner, request: Request):
     query = request.query_params
     for name in query:
         if name not in QUERY_OPTIONS:
-            raise BadRequest(400, f"unknown parameter {name!r} (valid: {', '.join(QUERY_OPTIONS)})")
+            valid = ", ".join(QUERY_OPTIONS)
+            raise BadRequest(400, f"unknown parameter {name[:40]!r} (valid: {valid})")
         if len(query.getlist(name)) > 1:
             raise BadRequest(400, f"{name}: given more than once")
     values = {}
