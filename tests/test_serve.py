@@ -22,13 +22,11 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
+from starlette.testclient import TestClient  # needs httpx2 (the dev extra)
 
 from captioner.batcher import Batcher
 from captioner.serve import ServeSettings, create_app
 from tests.conftest import CHELSEA
-
-pytest.importorskip("starlette.testclient")
-from starlette.testclient import TestClient  # noqa: E402
 
 PHOTO = CHELSEA.read_bytes()  # 16 kB, 224 x 224
 
