@@ -1,5 +1,10 @@
 """captioner: image captioning with a CNN encoder and an LSTM decoder, in Keras 3.
 
+The Python API (TensorFlow is imported when a model is loaded, not by `import captioner`):
+
+    from captioner import Captioner
+    Captioner.load().caption("photo.jpg")             # the shipped Flickr8k model
+
 The stages, each one function (TensorFlow is imported only when a stage runs):
 
     from captioner.features import extract_features   # images -> cached feature vectors
@@ -10,3 +15,13 @@ The stages, each one function (TensorFlow is imported only when a stage runs):
 """
 
 __version__ = "0.1.0"
+__all__ = ["Captioner", "__version__"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: `import captioner` (and so `captioner --help`) stays instant.
+    if name == "Captioner":
+        from captioner.api import Captioner
+
+        return Captioner
+    raise AttributeError(f"module 'captioner' has no attribute {name!r}")

@@ -517,5 +517,51 @@ def encoders():
         )
 
 
+def serve_options(command):
+    """The server's limits and batching: captioner.serve.ServeSettings, same defaults."""
+    options = [
+        ("--max-upload-mb", 20.0, click.FloatRange(0.001),
+         "Largest request body, all photos together (MB = 10^6 bytes): 413 past it."),
+        ("--max-files", 16, click.IntRange(1, 256), "Most photos per request."),
+        ("--max-megapixels", 40.0, click.FloatRange(0.001),
+         "Most pixels per photo, read from its header before decoding: 413 past it."),
+        ("--max-batch", 32, click.IntRange(1, 256),
+         "Most photos per model call, from concurrent requests; 1 turns batching off."),
+        ("--batch-wait-ms", 5.0, click.FloatRange(0, 1000),
+         "How long a batch's first photo waits for others to join it."),
+    ]  # fmt: skip
+    for name, default, kind, text in reversed(options):
+        option = click.option(name, default=default, show_default=True, type=kind, help=text)
+        command = option(command)
+    return command
+
+
+@cli.command("serve", context_settings=CONTEXT)
+@click.option("--run", "run_dirs", multiple=True, type=click.Path(),
+              help="Run directory; repeat it to decode with an ensemble "
+              "[default: the reference Flickr8k model shipped with captioner].")  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 opens it to the network.")  # fmt: skip
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@serve_options
+def serve_command(run_dirs, host, port, max_upload_mb, max_files, max_megapixels, max_batch,
+                  batch_wait_ms):  # fmt: skip
+    """Serve captions over HTTP: a page to caption photos, and a JSON API.
+
+    The model is loaded once; POST /api/caption takes photos (multipart field `file`, or an
+    image body) with decoding options as query parameters (?beam=3&length_penalty=0.7).
+
+    \b
+      captioner serve                                  # http://127.0.0.1:8000
+      captioner serve --run runs/flickr8k-seed0 --port 8080
+      curl -F file=@photo.jpg 'http://127.0.0.1:8000/api/caption?beam=1'
+    """
+    from captioner.serve import ServeSettings, serve
+
+    settings = ServeSettings(max_upload_mb, max_files, max_megapixels, max_batch, batch_wait_ms)
+    serve(run_dirs, host, port, settings)
+    click.echo("stopped", err=True)
+
+
 def main():
     cli(prog_name="captioner")

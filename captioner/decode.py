@@ -38,29 +38,44 @@ def _features_signature():
 
 def _word_by_word(steps, features, max_length, choose, banned, banned_first):
     """Runs the decoder from the image, taking `choose(log_probs, t)` as each next word, until
-    every row has said <end>. Returns ids (B, max_length), <pad> after <end>. Graph code."""
+    every row has said <end>. Returns ids (B, max_length), <pad> after <end>, and each row's
+    log-probability (B,) and length (B,), words and <end> counted. Graph code."""
     import tensorflow as tf
 
     state = steps.initial_state(features)
     batch = tf.shape(features)[0]
     tokens = tf.fill([batch], START_ID)
     finished = tf.zeros([batch], tf.bool)
+    log_p, length = tf.zeros([batch]), tf.zeros([batch], tf.int32)
     output = tf.TensorArray(tf.int32, size=max_length, element_shape=[None])
     for t in tf.range(max_length):
         log_probs, state = steps.step(tokens, state)
-        mask = banned_first if t == 0 else banned
-        tokens = choose(log_probs + mask, t)
+        log_probs += banned_first if t == 0 else banned
+        tokens = choose(log_probs, t)
+        chosen = tf.gather(log_probs, tokens, batch_dims=1)  # (B,)
+        log_p += tf.where(finished, 0.0, chosen)
+        length += tf.cast(~finished, tf.int32)
         tokens = tf.where(finished, PAD_ID, tokens)
         output = output.write(t, tokens)
         finished = finished | tf.equal(tokens, END_ID)
         if tf.reduce_all(finished):
             break
     ids = tf.transpose(output.stack())  # (B, steps run)
-    return tf.pad(ids, [[0, 0], [0, max_length - tf.shape(ids)[1]]])
+    return tf.pad(ids, [[0, 0], [0, max_length - tf.shape(ids)[1]]]), log_p, length
 
 
-def make_greedy_search(steps, vocabulary_size: int, max_length: int, suppress_unk: bool = True):
-    """Returns a compiled f(features (B, D)) -> ids (B, max_length), <pad> after <end>."""
+def make_greedy_search(
+    steps,
+    vocabulary_size: int,
+    max_length: int,
+    suppress_unk: bool = True,
+    length_penalty: float | None = None,
+):
+    """Returns a compiled f(features (B, D)) -> ids (B, max_length), <pad> after <end>.
+
+    With a length_penalty, f returns (ids, scores (B,)) as beam search does: each caption's
+    log P / length ** length_penalty, the number beam search ranks by (length counts <end>).
+    """
     import tensorflow as tf
 
     banned, banned_first = _banned_masks(vocabulary_size, suppress_unk)
@@ -70,7 +85,12 @@ def make_greedy_search(steps, vocabulary_size: int, max_length: int, suppress_un
 
     @tf.function(input_signature=_features_signature())
     def greedy(features):
-        return _word_by_word(steps, features, max_length, most_likely, banned, banned_first)
+        ids, log_p, length = _word_by_word(
+            steps, features, max_length, most_likely, banned, banned_first
+        )
+        if length_penalty is None:
+            return ids
+        return ids, log_p / tf.pow(tf.cast(length, tf.float32), float(length_penalty))
 
     return greedy
 
@@ -93,7 +113,7 @@ def make_sampler(
             return drawn[:, 0]
 
         features = tf.repeat(features, samples, axis=0)
-        return _word_by_word(steps, features, max_length, draw, banned, banned_first)
+        return _word_by_word(steps, features, max_length, draw, banned, banned_first)[0]
 
     return sample
 
@@ -222,14 +242,18 @@ def make_beam_search(
     return beam
 
 
-def make_decoder(steps, vocabulary_size: int, config, batch_size: int = 512):
+def make_decoder(steps, vocabulary_size: int, config, batch_size: int = 512, scores=False):
     """Returns f(features (N, D)) -> int32 word ids (N, max_length), with DecodeConfig settings.
 
     Each row holds a caption, then <end> and <pad> (or max_length words and no <end>). The
-    search is compiled once and reused for every batch of `batch_size` images.
+    search is compiled once and reused for every batch of `batch_size` images. With scores=True,
+    f returns (ids, scores (N,)): log P / length ** length_penalty per caption, greedy or beam.
     """
     if config.beam_size <= 1:
-        search = make_greedy_search(steps, vocabulary_size, config.max_length)
+        penalty = config.length_penalty if scores else None
+        search = make_greedy_search(
+            steps, vocabulary_size, config.max_length, length_penalty=penalty
+        )
     else:
         search = make_beam_search(
             steps,
@@ -240,11 +264,15 @@ def make_decoder(steps, vocabulary_size: int, config, batch_size: int = 512):
             config.no_repeat_ngram,
         )
 
-    def decode(features: np.ndarray) -> np.ndarray:
-        outputs = [np.zeros((0, config.max_length), np.int32)]
+    def decode(features: np.ndarray):
+        ids, values = [np.zeros((0, config.max_length), np.int32)], [np.zeros(0, np.float32)]
         for start in range(0, len(features), batch_size):
             result = search(np.asarray(features[start : start + batch_size], np.float32))
-            outputs.append((result[0] if isinstance(result, tuple) else result).numpy())
-        return np.concatenate(outputs)
+            if isinstance(result, tuple):  # beam search, or greedy with scores
+                result, batch_scores = result
+                values.append(batch_scores.numpy())
+            ids.append(result.numpy())
+        ids = np.concatenate(ids)
+        return (ids, np.concatenate(values)) if scores else ids
 
     return decode

@@ -29,3 +29,12 @@ class EncoderError(CaptionerError):
 
 class RunError(CaptionerError):
     """A run directory that lacks what a later stage needs."""
+
+
+class ImageError(CaptionerError):
+    """A photo that cannot be read: not an image, damaged, or in a format captioner does not
+    read."""
+
+
+class ImageTooLarge(ImageError):
+    """A photo with more pixels than allowed (Pillow's decompression-bomb guard)."""

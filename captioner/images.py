@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -9,29 +10,42 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from captioner.errors import ImageError, ImageTooLarge
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# The formats those suffixes name: what photos from strangers (`captioner serve`) are read as;
+# Pillow's other readers (dozens, some rarely exercised) never see them.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
     """Returns the photo as uint8 RGB of shape (size, size, 3); raises if unreadable (OSError or
-    ValueError mostly; see try_load_image).
+    ValueError mostly; see try_load_image). The pixels are prepare_image's."""
+    with Image.open(path) as image:
+        return prepare_image(image, size)
+
+
+def prepare_image(image: Image.Image, size: int) -> np.ndarray:
+    """An open photo as the encoders read it: uint8 RGB of shape (size, size, 3).
 
     EXIF orientation is applied, grayscale/CMYK/palette become RGB, transparent pixels are laid
     on white, and the photo is resized to a square without keeping its aspect ratio (what the
-    encoders were trained on and what Keras' load_img(target_size) does).
+    encoders were trained on and what Keras' load_img(target_size) does). A JPEG not decoded yet
+    is decoded at the smallest scale that is still at least `size` (Image.draft; much faster),
+    so an array of the same photo decoded in full may differ slightly for photos over twice
+    `size` on both sides.
     """
-    with Image.open(path) as image:
-        image.draft("RGB", (size, size))  # lets JPEG decode at a smaller scale: much faster
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, image.convert("RGBA"))
-        image = image.convert("RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
+    image.draft("RGB", (size, size))  # no-op for other formats and for pixels already decoded
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def try_load_image(path: str | Path, size: int) -> np.ndarray | str:
@@ -44,7 +58,37 @@ def try_load_image(path: str | Path, size: int) -> np.ndarray | str:
     try:
         return load_image(path, size)
     except Exception as error:
-        return f"{type(error).__name__}: {error}".strip().splitlines()[0]
+        return _reason(error)
+
+
+def decode_image(data: bytes, size: int, max_pixels: int, name: str = "photo") -> np.ndarray:
+    """An image file's bytes, decoded in memory, as prepare_image reads photos.
+
+    Only IMAGE_FORMATS are tried. Raises ImageTooLarge for more than `max_pixels` pixels (checked
+    on the header, before any pixel is decoded) and ImageError, naming `name`, for anything
+    else that cannot be read: not an image, another format, a damaged or truncated file.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLarge(
+                    f"{name}: {width} x {height} pixels, more than the {max_pixels:,} allowed"
+                )
+            return prepare_image(image, size)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageTooLarge(f"{name}: too many pixels ({_reason(error)})") from None
+    except UnidentifiedImageError:
+        formats = ", ".join(IMAGE_FORMATS)
+        raise ImageError(f"{name}: not an image in a format captioner reads ({formats})") from None
+    except Exception as error:  # damaged files: see try_load_image
+        raise ImageError(f"{name}: cannot read this image ({_reason(error)})") from None
+
+
+def _reason(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}".strip().splitlines()[0]
 
 
 class Photo(NamedTuple):

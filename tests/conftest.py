@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -63,3 +64,30 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("CAPTIONER_DEBUG", raising=False)
+
+
+CHELSEA = Path(__file__).resolve().parent / "data" / "chelsea.jpg"  # scikit-image's cat photo
+
+
+@pytest.fixture(scope="session")
+def shipped_captioner():
+    """The shipped model behind the Python API, loaded and compiled once for the session."""
+    from captioner import Captioner
+
+    captioner = Captioner.load()
+    captioner.warm_up()
+    return captioner
+
+
+@pytest.fixture(scope="session")
+def cli_caption_of_chelsea() -> str:
+    """What `captioner caption tests/data/chelsea.jpg` prints as the caption."""
+    from click.testing import CliRunner
+
+    from captioner.cli import cli
+
+    result = CliRunner().invoke(cli, ["caption", str(CHELSEA)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    path, caption = result.output.strip().split("\t")
+    assert path == str(CHELSEA)
+    return caption

@@ -56,6 +56,21 @@ def test_beam_finds_the_more_probable_caption_that_greedy_misses():
     assert scores.numpy()[0] == pytest.approx(np.log(0.36) / 2**0.7, rel=1e-5)
 
 
+def test_greedy_scores_its_caption_as_beam_search_does():
+    # Greedy's "a <end>" has P = 0.5 * 0.34; scored log P / length ** penalty, as beam ranks.
+    steps = BigramSteps(TRAP)
+    ids, scores = make_greedy_search(steps, V, max_length=5, length_penalty=0.7)(FEATURES)
+    assert list(ids.numpy()[0]) == [A, END_ID, 0, 0, 0]
+    assert scores.numpy()[0] == pytest.approx(np.log(0.5 * 0.34) / 2**0.7, rel=1e-5)
+    decode = make_decoder(steps, V, DecodeConfig(beam_size=1, max_length=5), scores=True)
+    assert decode(FEATURES)[1][0] == pytest.approx(scores.numpy()[0])
+    beam_ids, beam_scores = make_decoder(
+        steps, V, DecodeConfig(beam_size=2, max_length=5), scores=True
+    )(FEATURES)
+    assert list(beam_ids[0]) == [B, END_ID, 0, 0, 0]
+    assert beam_scores[0] == pytest.approx(np.log(0.36) / 2**0.7, rel=1e-5)
+
+
 def test_beam_returns_the_best_unfinished_caption_when_none_ends():
     never_ends = {START_ID: {A: 0.6, B: 0.4}, A: {B: 0.7, C: 0.3}, B: {A: 0.8, C: 0.2}, C: {A: 1.0}}
     steps = BigramSteps(never_ends, never_ends=True)

@@ -10,7 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from captioner.images import Photo, find_photos, load_image, try_load_image
+from captioner.errors import ImageError, ImageTooLarge
+from captioner.images import (
+    IMAGE_FORMATS,
+    Photo,
+    decode_image,
+    find_photos,
+    load_image,
+    prepare_image,
+    try_load_image,
+)
 
 
 def test_photos_in_any_mode_become_rgb(tmp_path):
@@ -159,3 +168,30 @@ def test_a_damaged_file_gives_a_photo_or_a_one_line_reason(tmp_path_factory, dat
         assert result and "\n" not in result and "\r" not in result, repr(result)
     else:
         assert result.shape == (8, 8, 3) and result.dtype == np.uint8
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:PIL.*")
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(data=damaged_files())
+def test_bytes_from_anyone_give_a_photo_or_an_image_error(data):
+    """decode_image (what `captioner serve` reads uploads with) raises nothing but ImageError,
+    in one line, whatever the bytes; formats outside IMAGE_FORMATS are not even tried."""
+    try:
+        result = decode_image(data, 8, max_pixels=10_000, name="upload")
+    except ImageError as error:
+        assert str(error).startswith("upload: ") and "\n" not in str(error), repr(str(error))
+    else:
+        assert result.shape == (8, 8, 3) and result.dtype == np.uint8
+
+
+def test_only_the_formats_we_read_are_decoded_and_pixels_are_counted_first():
+    with pytest.raises(ImageError, match="^p: not an image in a format captioner reads"):
+        decode_image(small_photo("PPM"), 8, 10_000, "p")
+    for fmt in IMAGE_FORMATS:
+        assert decode_image(small_photo(fmt), 8, 10_000).shape == (8, 8, 3), fmt
+    with pytest.raises(ImageTooLarge, match=r"^p: 12 x 9 pixels, more than the 100 allowed$"):
+        decode_image(small_photo("PNG"), 8, 100, "p")
+    # The same photo from bytes and from a file: the same pixels.
+    with Image.open(io.BytesIO(small_photo("JPEG"))) as image:
+        assert (decode_image(small_photo("JPEG"), 8, 10_000) == prepare_image(image, 8)).all()

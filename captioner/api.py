@@ -1,0 +1,221 @@
+"""The Python API: a model loaded once, captioning photos given as paths, PIL images or arrays.
+
+    from captioner import Captioner
+
+    captioner = Captioner.load()                     # the shipped Flickr8k model
+    captioner.caption("photo.jpg")                   # 'a dog runs through the grass'
+    captioner.caption(["a.jpg", "b.jpg"], beam=1)    # ['...', '...'], greedy
+    captioner.caption("photo.jpg", scores=True)      # ('...', -0.62)
+    Captioner.load("runs/seed0", "runs/seed1")       # a run of yours, or an ensemble
+
+Photos go through the same reading as `captioner caption` (captioner.images.prepare_image), so a
+file, the PIL image opened from it and its pixels as an array get the same caption.
+
+Thread-safety: a Captioner is meant to be called from one thread at a time. Its compiled
+decoders are cached in a plain dict, and the model's graphs are traced on first use, so calls
+from several threads at once are not supported. `captioner serve` makes every call on its one
+model thread and gathers concurrent requests into batches instead (captioner.serve).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from captioner.config import DecodeConfig
+from captioner.errors import ConfigError, ImageError
+from captioner.rundir import Run, load_runs
+
+# Photos per model call (encoder, then decoder) in caption(): large enough to keep the CPU's
+# cores busy, small enough that the decoded photos of one call stay a few MB.
+CAPTION_BATCH = 32
+# The encoder's batch sizes, as TF Serving's allowed_batch_sizes: a batch is padded with blank
+# photos up to the next one (their features dropped), larger ones split in 16s. Each batch size
+# the encoder meets costs about 11 MB the first time (oneDNN's buffers for that shape; measured
+# on EfficientNet-Lite1, 2026-11-30), so a fixed few keep memory flat, and warm_up() meets them
+# all at start-up. Padding adds at most a third (9 -> 12); 16 at a time is as fast per photo as
+# 32 on 2 CPU cores, for less memory.
+ENCODER_BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
+# Compiled decoders kept, one per decoding setting: each new setting costs a compilation (about
+# a second), and an unbounded cache would grow with every setting a client tries.
+DECODERS_KEPT = 8
+# Accepted decoding values, by argument name (their DecodeConfig field, lowest, highest): the
+# command line's ranges (captioner.cli.decode_options); the length penalty must be finite too.
+DECODING_RANGES = {
+    "beam": ("beam_size", 1, 50),
+    "max_length": ("max_length", 1, 200),
+    "length_penalty": ("length_penalty", 0.0, 10.0),
+    "no_repeat_ngram": ("no_repeat_ngram", 0, 10),
+}
+
+
+class Captioner:
+    """A run (or an ensemble of runs) ready to caption: its encoder built and compiled once, its
+    decoder's steps once, and one compiled search per decoding setting, kept as used."""
+
+    def __init__(self, runs: list[Run]):
+        from captioner.encoders import build_encoder, make_encode_function
+        from captioner.quiet import import_tensorflow
+        from captioner.rundir import decoder_steps
+
+        import_tensorflow()
+        self.runs = runs
+        run = runs[0]
+        self.vocabulary = run.vocabulary
+        self.input_size = run.encoder.input_size
+        model = build_encoder(run.encoder.name, run.encoder.weights, grid=run.encoder.cells > 0)
+        # batch_size 1: no padding there (features() pads to ENCODER_BATCH_SIZES); after its
+        # second batch size the compiled forward pass takes any size without retracing.
+        self._encode = make_encode_function(model, 1)
+        self._steps = decoder_steps(runs)
+        self._decoders: OrderedDict[DecodeConfig, object] = OrderedDict()
+
+    @classmethod
+    def load(cls, *run_dirs: str | os.PathLike | Run) -> Captioner:
+        """No argument: the shipped Flickr8k model. One run directory, or several to decode as
+        an ensemble (same vocabulary and encoder; checked). Raises RunError naming what is
+        missing."""
+        return cls(load_runs(list(run_dirs) or None))
+
+    def decoding(
+        self, beam=None, max_length=None, length_penalty=None, no_repeat_ngram=None
+    ) -> DecodeConfig:
+        """The run's own decoding settings with those given on top; ConfigError if out of range
+        (see DECODING_RANGES)."""
+        given = {"beam": beam, "max_length": max_length}
+        given |= {"length_penalty": length_penalty, "no_repeat_ngram": no_repeat_ngram}
+        decoding = self.runs[0].decoding(
+            **{DECODING_RANGES[name][0]: value for name, value in given.items()}
+        )
+        for name, (key, low, high) in DECODING_RANGES.items():
+            value = getattr(decoding, key)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ConfigError(f"{name}: {value!r} is not between {low} and {high}")
+        return decoding
+
+    def caption(
+        self,
+        photos,
+        beam: int | None = None,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+        no_repeat_ngram: int | None = None,
+        scores: bool = False,
+    ):
+        """Captions one photo or a list of them.
+
+        Args:
+            photos: a path (str or Path), a PIL image, a uint8 array (height, width, 3), or a
+                list of those. A PIL image straight from Image.open, its pixels not loaded yet,
+                is read as its file is (a large JPEG at reduced scale, which resizes that image
+                object; pass image.copy() to keep it as it is).
+            beam, max_length, length_penalty, no_repeat_ngram: decoding settings; None keeps
+                the run's own (the shipped model: beam 3, length penalty 0.7, no repeated
+                trigrams).
+            scores: also return each caption's score, log P(caption | photo) / length **
+                length_penalty (length counts the end token): the number beam search ranks
+                by, computed the same way for greedy captions. Higher is more confident.
+        Returns:
+            A caption for one photo, a list for a list; with scores, (caption, score) pairs.
+        Raises:
+            ImageError for a photo that cannot be read, ConfigError for a bad setting.
+        """
+        decoding = self.decoding(beam, max_length, length_penalty, no_repeat_ngram)
+        many = isinstance(photos, list | tuple)
+        photos = list(photos) if many else [photos]
+        results = []
+        for start in range(0, len(photos), CAPTION_BATCH):
+            chunk = photos[start : start + CAPTION_BATCH]
+            results += self.caption_images(np.stack([self.prepare(p) for p in chunk]), decoding)
+        if not scores:
+            results = [caption for caption, _ in results]
+        return results if many else results[0]
+
+    def prepare(self, photo) -> np.ndarray:
+        """One photo as the encoder reads it, uint8 (input_size, input_size, 3)."""
+        from captioner.images import prepare_image, try_load_image
+
+        if isinstance(photo, str | os.PathLike):
+            image = try_load_image(photo, self.input_size)
+            if isinstance(image, str):
+                raise ImageError(f"{Path(photo)}: cannot read this image ({image})")
+            return image
+        if isinstance(photo, np.ndarray) and photo.dtype == np.uint8 and photo.ndim == 3:
+            if photo.shape[2] == 3:
+                photo = Image.fromarray(photo, "RGB")
+        if isinstance(photo, Image.Image):
+            try:
+                return prepare_image(photo, self.input_size)
+            except Exception as error:  # a damaged file behind a lazily loaded image
+                reason = f"{type(error).__name__}: {error}".splitlines()[0]
+                raise ImageError(f"cannot read this image ({reason})") from None
+        shape = f" of shape {photo.shape} and type {photo.dtype}" if hasattr(photo, "shape") else ""
+        raise ImageError(
+            f"cannot caption a {type(photo).__name__}{shape}: give a path, a PIL image or a "
+            "uint8 array of shape (height, width, 3)"
+        )
+
+    def caption_images(self, images: np.ndarray, decoding: DecodeConfig) -> list[tuple[str, float]]:
+        """(caption, score) for each photo of a batch already prepared, uint8 (N, size, size,
+        3): one encoder call and one decoder call (what captioner.serve's batches run)."""
+        size = self.input_size
+        if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
+            raise ImageError(f"expected uint8 photos (N, {size}, {size}, 3), got {images.shape}")
+        if not len(images):
+            return []
+        ids, values = self._decoder(decoding)(self.features(images))
+        return [(" ".join(self.vocabulary.decode(row)), float(v)) for row, v in zip(ids, values)]
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """The encoder's features of prepared photos (N, size, size, 3), in batches of
+        ENCODER_BATCH_SIZES (padded up to the next one)."""
+        largest, parts = ENCODER_BATCH_SIZES[-1], []
+        for start in range(0, len(images), largest):
+            chunk = images[start : start + largest]
+            size = next(s for s in ENCODER_BATCH_SIZES if s >= len(chunk))
+            blank = np.zeros((size - len(chunk), *chunk.shape[1:]), chunk.dtype)
+            parts.append(self._encode(np.concatenate([chunk, blank]))[: len(chunk)])
+        return np.concatenate(parts)
+
+    def warm_up(self, largest_batch: int = CAPTION_BATCH) -> None:
+        """Runs the encoder once at every batch size it will meet, and the run's own decoder on
+        `largest_batch` photos, all blank: the first real captions do not wait for compilation,
+        and memory does not grow later as new batch sizes come."""
+        size = self.input_size
+        blank = np.full((max(largest_batch, ENCODER_BATCH_SIZES[-1]), size, size, 3), 255)
+        blank = blank.astype(np.uint8)
+        for count in ENCODER_BATCH_SIZES:
+            self.features(blank[:count])
+        self.caption_images(blank[:largest_batch], self.decoding())
+
+    def describe(self) -> dict:
+        """What is loaded: the run directories, encoder, vocabulary and decoding settings."""
+        run = self.runs[0]
+        return {
+            "model": "shipped Flickr8k model" if run.shipped else str(run.directory),
+            "runs": [str(r.directory) for r in self.runs],
+            "encoder": run.encoder.name,
+            "input_size": self.input_size,
+            "vocabulary_size": len(self.vocabulary),
+            "decoding": dataclasses.asdict(self.decoding()),
+        }
+
+    def _decoder(self, decoding: DecodeConfig):
+        from captioner.decode import make_decoder
+
+        if decoding in self._decoders:
+            self._decoders.move_to_end(decoding)
+        else:
+            vocabulary_size = len(self.vocabulary)
+            self._decoders[decoding] = make_decoder(
+                self._steps, vocabulary_size, decoding, scores=True
+            )
+            while len(self._decoders) > DECODERS_KEPT:
+                self._decoders.popitem(last=False)
+        return self._decoders[decoding]

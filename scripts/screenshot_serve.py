@@ -1,0 +1,81 @@
+"""docs/serve.png: the page of `captioner serve` with a captioned photo, in headless chromium.
+
+Starts the server (the shipped model, a free port on 127.0.0.1), opens the page in Debian's
+chromium through /usr/bin/chromedriver, chooses tests/data/chelsea.jpg (scikit-image's cat
+photo), waits for its caption, and saves an 800 x 600 screenshot reduced to 64 colours.
+
+    python scripts/screenshot_serve.py                 # -> docs/serve.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--hide-scrollbars"]  # fmt: skip
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--photo", default=str(ROOT / "tests" / "data" / "chelsea.jpg"))
+    parser.add_argument("--output", default=str(ROOT / "docs" / "serve.png"))
+    args = parser.parse_args()
+
+    from PIL import Image
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "captioner", "serve", "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/api/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        options = webdriver.ChromeOptions()
+        options.binary_location = "/usr/bin/chromium"
+        with tempfile.TemporaryDirectory() as profile:
+            for flag in [*FLAGS, f"--user-data-dir={profile}"]:
+                options.add_argument(flag)
+            driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+            try:  # the page itself 800 x 600, whatever the window around it takes
+                metrics = {"width": 800, "height": 600, "deviceScaleFactor": 1, "mobile": False}
+                driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+                driver.get(url)
+                driver.find_element(By.ID, "files").send_keys(str(Path(args.photo).resolve()))
+                done = (By.CSS_SELECTOR, "figure[data-state=done] .caption")
+                WebDriverWait(driver, 120).until(lambda d: d.find_elements(*done))
+                caption = driver.find_element(*done).text
+                png = driver.get_screenshot_as_png()
+            finally:
+                driver.quit()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(64, dither=Image.Dither.NONE)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.output, optimize=True)
+    print(f"{args.output}: {image.width} x {image.height}, {Path(args.output).stat().st_size:,} "
+          f"bytes; caption: {caption}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
