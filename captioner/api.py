@@ -169,7 +169,12 @@ class Captioner:
             raise ImageError(f"expected uint8 photos (N, {size}, {size}, 3), got {images.shape}")
         if not len(images):
             return []
-        ids, values = self._decoder(decoding)(self.features(images))
+        return self.captions_of_features(self.features(images), decoding)
+
+    def captions_of_features(self, features: np.ndarray, decoding: DecodeConfig):
+        """(caption, score) for each row of encoder features (N, feature_dim): one decoder
+        call (what `captioner caption` runs on chunks of encoded photos)."""
+        ids, values = self._decoder(decoding)(features)
         return [(" ".join(self.vocabulary.decode(row)), float(v)) for row, v in zip(ids, values)]
 
     def features(self, images: np.ndarray) -> np.ndarray:

@@ -57,21 +57,20 @@ def make_captioner(
     batch_size: int | None = None,
     decode_batch: int = DECODE_BATCH,
 ) -> Callable[[Iterable[Photo | str | Path]], Iterator[list[CaptionResult]]]:
-    """Builds the encoder and decoder once; returns f(photos) -> the iter_captions generator."""
-    from captioner.decode import make_decoder
-    from captioner.encoders import build_encoder, make_encode_function
-    from captioner.rundir import decoder_steps, load_runs
+    """Loads the model once through the Python API (captioner.api, which `captioner serve` uses
+    too); returns f(photos) -> the iter_captions generator."""
+    from captioner.api import Captioner
+    from captioner.rundir import load_runs
 
-    runs = load_runs(run_dirs)
-    run = runs[0]
-    decode = decode or run.config.decode
-    batch_size = batch_size or run.config.encoder.batch_size
-    model = build_encoder(run.encoder.name, run.encoder.weights, grid=run.encoder.cells > 0)
-    encode = make_encode_function(model, batch_size)
-    decoder = make_decoder(decoder_steps(runs), len(run.vocabulary), decode, decode_batch)
+    captioner = Captioner(load_runs(run_dirs))
+    decode = decode or captioner.decoding()
+    batch_size = batch_size or captioner.runs[0].config.encoder.batch_size
+
+    def decoder(features):
+        return captioner.captions_of_features(features, decode)
 
     def caption(photos):
-        return _chunks_of_captions(photos, run, encode, decoder, batch_size, decode_batch)
+        return _chunks_of_captions(photos, captioner, decoder, batch_size, decode_batch)
 
     return caption
 
@@ -99,7 +98,7 @@ def iter_captions(
     yield from make_captioner(run_dirs, decode, batch_size, decode_batch)(photos)
 
 
-def _chunks_of_captions(photos, run: Run, encode, decoder, batch_size: int, decode_batch: int):
+def _chunks_of_captions(photos, captioner, decoder, batch_size: int, decode_batch: int):
     """Yields the photos' results chunk by chunk; a chunk is decoded on a thread while the
     next one is read and encoded (TensorFlow runs both at once on the CPU's cores)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -112,30 +111,30 @@ def _chunks_of_captions(photos, run: Run, encode, decoder, batch_size: int, deco
     features = []  # the encoded readable photos of `chunk`, batch by batch
     decoding = None  # the previous chunk, being decoded
     with ThreadPoolExecutor(1) as thread:
-        for indices, images, errors in batches_of_images(paths, run.encoder.input_size, batch_size):
+        for indices, images, errors in batches_of_images(paths, captioner.input_size, batch_size):
             if len(indices):
-                features.append(encode(images))
+                features.append(captioner.features(images))
             for i in sorted([*indices, *errors]):
                 chunk.append(CaptionResult(photos[i].path, None, errors.get(i), photos[i].name))
             if len(chunk) >= decode_batch:
                 if decoding is not None:
                     yield decoding.result()
-                decoding = thread.submit(_decoded, chunk, features, decoder, run)
+                decoding = thread.submit(_decoded, chunk, features, decoder)
                 chunk, features = [], []
         if decoding is not None:
             yield decoding.result()
         if chunk:
-            yield _decoded(chunk, features, decoder, run)
+            yield _decoded(chunk, features, decoder)
 
 
-def _decoded(chunk: list[CaptionResult], features, decoder, run: Run) -> list[CaptionResult]:
+def _decoded(chunk: list[CaptionResult], features, decoder) -> list[CaptionResult]:
     """Fills in the captions of the chunk's readable photos, whose features come in order."""
     import numpy as np
 
     if features:
         readable = [result for result in chunk if result.error is None]
-        for result, ids in zip(readable, decoder(np.concatenate(features))):
-            result.caption = " ".join(run.vocabulary.decode(ids))
+        for result, (caption, _) in zip(readable, decoder(np.concatenate(features))):
+            result.caption = caption
     return chunk
 
 
