@@ -14,7 +14,7 @@ import numpy as np
 from captioner.data import Dataset
 from captioner.errors import CacheError, DataError
 from captioner.store import FeatureCache, FeatureRows, default_cache_path, load_feature_cache
-from captioner.text import Vocabulary, clean_caption, teacher_forcing_arrays
+from captioner.text import Vocabulary, clean_caption, put_teacher_forcing_row
 
 
 @dataclass
@@ -56,14 +56,20 @@ def caption_arrays(
             f"{len(missing)} {split} images have no features in the cache (e.g. {missing[0]}): "
             "run `captioner extract` on this dataset with the same encoder"
         )
-    rows, captions = [], []
+    # Filled caption by caption: no Python list per caption, which for COCO-sized splits cost
+    # hundreds of MB and slowed every garbage collection during training.
+    count = sum(len(dataset.captions[name]) for name in names)
+    rows = np.empty(count, np.int32)
+    inputs = np.zeros((count, max_words + 1), np.int32)
+    targets = np.zeros_like(inputs)
+    caption_number = 0
     for row, name in enumerate(names):
         for caption in dataset.captions[name]:
-            rows.append(row)
-            captions.append(vocabulary.encode(clean_caption(caption)))
-    inputs, targets = teacher_forcing_arrays(captions, max_words)
-    features = _features(cache, names, lazy)
-    return CaptionArrays(names, features, np.asarray(rows, np.int32), inputs, targets)
+            rows[caption_number] = row
+            ids = vocabulary.encode(clean_caption(caption))
+            put_teacher_forcing_row(inputs, targets, caption_number, ids)
+            caption_number += 1
+    return CaptionArrays(names, _features(cache, names, lazy), rows, inputs, targets)
 
 
 def _features(cache: FeatureCache, names: list[str], lazy: bool | None):
@@ -73,6 +79,12 @@ def _features(cache: FeatureCache, names: list[str], lazy: bool | None):
 def references(dataset: Dataset, names: list[str]) -> list[list[list[str]]]:
     """Every image's reference captions, cleaned into words the way the decoder learnt them."""
     return [[clean_caption(c) for c in dataset.captions[name]] for name in names]
+
+
+def cleaned_captions(dataset: Dataset, names: list[str]):
+    """The captions of `names` cleaned into words, one at a time (for counting words without
+    holding every caption's list at once)."""
+    return (clean_caption(c) for name in names for c in dataset.captions[name])
 
 
 def mirrored_features(

@@ -92,7 +92,13 @@ def teacher_forcing_arrays(
     inputs = np.zeros((len(captions), max_words + 1), np.int32)
     targets = np.zeros_like(inputs)
     for row, ids in enumerate(captions):
-        ids = ids[:max_words]
-        inputs[row, : len(ids) + 1] = [START_ID, *ids]
-        targets[row, : len(ids) + 1] = [*ids, END_ID]
+        put_teacher_forcing_row(inputs, targets, row, ids)
     return inputs, targets
+
+
+def put_teacher_forcing_row(inputs: np.ndarray, targets: np.ndarray, row: int, ids) -> None:
+    """Writes one caption's ids into row `row` of teacher_forcing_arrays' two arrays (cut to
+    their max_words): a caption at a time, so a million captions need no list of lists."""
+    ids = list(ids)[: inputs.shape[1] - 1]
+    inputs[row, : len(ids) + 1] = [START_ID, *ids]
+    targets[row, : len(ids) + 1] = [*ids, END_ID]

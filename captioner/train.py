@@ -7,11 +7,18 @@ only to their own longest caption, so little LSTM work is spent on padding.
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioner.arrays import CaptionArrays, caption_arrays, mirrored_features, references
+from captioner.arrays import (
+    CaptionArrays,
+    caption_arrays,
+    cleaned_captions,
+    mirrored_features,
+    references,
+)
 from captioner.batches import count_batches, make_batches
 from captioner.config import Config, TrainConfig
 from captioner.data import Dataset, load_dataset
@@ -144,8 +151,8 @@ def _prepare(data_root, features_path, config: Config, mirrored_features_path) -
     # The encoder asked for, not a cache of mirrored photos, grids exactly when attending.
     cache.check_encoder(features_path, config.encoder.name, grid=config.model.needs_grid)
     text = config.text
-    train_captions = references(dataset, dataset.splits["train"])
-    vocabulary = build_vocabulary((c for refs in train_captions for c in refs), text.min_word_count)
+    train_captions = cleaned_captions(dataset, dataset.splits["train"])
+    vocabulary = build_vocabulary(train_captions, text.min_word_count)
     lazy = config.train.lazy_features
     train_arrays = caption_arrays(dataset, "train", cache, vocabulary, text.max_caption_words, lazy)
     dev_arrays = caption_arrays(dataset, "dev", cache, vocabulary, text.max_caption_words, lazy)
@@ -271,6 +278,10 @@ def _train_and_summarize(prepared, config: Config, recorder: RunRecorder, progre
             compile_decoder(model, config.train, count)
             if resumed:
                 restore_checkpoint(model, Path(run_dir))
+        # The dataset's captions (millions of small objects for COCO) live as long as training:
+        # out of the cyclic garbage collector's reach, they do not slow its every pass.
+        gc.collect()
+        gc.freeze()
         _fit(model, prepared, config, recorder, progress, resumed, count)
     finally:  # the policy is global: leave the process as it was for decoding
         keras.mixed_precision.set_global_policy("float32")

@@ -17,6 +17,7 @@ caption `captioner caption FOLDER --output captions.jsonl` with the shipped mode
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -71,7 +72,7 @@ def run_training(data: str, cache_path: str, scale: int, steps: int) -> dict:
     """One scale, in this process: the real arrays, pipeline and model for `steps` steps."""
     import keras
 
-    from captioner.arrays import caption_arrays, references
+    from captioner.arrays import caption_arrays, cleaned_captions
     from captioner.batches import make_batches
     from captioner.config import load_config
     from captioner.model import build_decoder
@@ -81,9 +82,11 @@ def run_training(data: str, cache_path: str, scale: int, steps: int) -> dict:
 
     config = load_config(ROOT / "configs" / "flickr8k.toml")
     dataset, cache = scaled_dataset(data, scale), load_feature_cache(cache_path)
-    captions = references(dataset, dataset.splits["train"])
-    vocabulary = build_vocabulary((c for refs in captions for c in refs), 5)
+    # As train._prepare does it: words counted caption by caption, arrays filled row by row.
+    vocabulary = build_vocabulary(cleaned_captions(dataset, dataset.splits["train"]), 5)
     arrays = caption_arrays(dataset, "train", cache, vocabulary, 30)
+    gc.collect()
+    gc.freeze()
     keras.utils.set_random_seed(0)
     model = build_decoder(config.model, len(vocabulary), cache.feature_dim)
     compile_decoder(model, config.train)
