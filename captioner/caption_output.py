@@ -44,7 +44,13 @@ def read_names(path: str | Path) -> set[str]:
     path = Path(path)
     if not path.exists():
         return set()
-    delimiter = DELIMITERS[output_format(path)]
+    try:
+        return _read_and_repair(path, DELIMITERS[output_format(path)])
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it ({error.strerror or error})") from None
+
+
+def _read_and_repair(path: Path, delimiter: str | None) -> set[str]:
     names: set[str] = set()
     end = 0  # where the last complete row ends
     with open(path, "rb") as file:
@@ -118,9 +124,12 @@ class CaptionWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.delimiter = DELIMITERS[output_format(self.path)]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        empty = not self.path.exists() or self.path.stat().st_size == 0
-        self.file = open(self.path, "a", encoding=ENCODING, errors=ERRORS, newline="")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            empty = not self.path.exists() or self.path.stat().st_size == 0
+            self.file = open(self.path, "a", encoding=ENCODING, errors=ERRORS, newline="")
+        except OSError as error:
+            raise DataError(f"{path}: cannot write it ({error.strerror or error})") from None
         self.csv = None
         if self.delimiter is not None:
             self.csv = csv.writer(self.file, delimiter=self.delimiter, lineterminator="\n")

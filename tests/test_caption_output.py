@@ -214,6 +214,10 @@ def test_bad_outputs_are_one_line_errors(tmp_path):
         f"Error: {tmp_path / 'other.csv'}:1: not a captions file (its header is not "
         "image,caption,error): give another --output"
     )
+    (tmp_path / "file").write_text("")
+    assert one_line_error("caption", tmp_path, "--output", tmp_path / "file" / "x.csv") == (
+        f"Error: {tmp_path / 'file' / 'x.csv'}: cannot write it (File exists)"
+    )
     assert one_line_error("caption", tmp_path, "--output", "x.csv", "--save", "out") == (
         "Error: --save draws photos one at a time: use it without --output"
     )
