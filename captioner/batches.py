@@ -71,12 +71,16 @@ def _epoch_maker(arrays: CaptionArrays, batch_size: int, shuffle: bool, seed: in
         order = tf.range(count)
         if shuffle:
             order = tf.argsort(tf.random.stateless_uniform([count], epoch_seed))
-        rows, x, y = (tf.gather(column, order) for column in columns)
+        flip = tf.zeros([count], tf.bool)
         if mirror_probability > 0:  # rows images.. of the lookup are the mirrored photos
             flip = tf.random.stateless_uniform([count], epoch_seed + [1, 0]) < mirror_probability
-            rows = tf.where(flip, rows + images, rows)
-        data = tf.data.Dataset.from_tensor_slices((rows, x, y, tf.gather(lengths, order)))
-        data = data.map(lambda row, x, y, n: (row, x[:n], y[:n]))
+
+        def caption(i):  # one caption at a time: no copy of the columns per epoch
+            row, x, y = (column[i] for column in columns)
+            n = lengths[i]
+            return tf.where(flip[i], row + images, row), x[:n], y[:n]
+
+        data = tf.data.Dataset.from_tensor_slices(order).map(caption)
         return data.bucket_by_sequence_length(
             lambda row, x, y: tf.shape(x)[0],
             bucket_boundaries=_LENGTH_BOUNDARIES,

@@ -177,7 +177,8 @@ def main():
     parser.add_argument("--features", default="data/flickr8k-efficientnet_lite1")
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--steps", type=int, default=60, help="training steps per scale")
-    parser.add_argument("--photos", type=int, nargs="+", default=[500, 5000])
+    parser.add_argument("--photos", type=int, nargs="*", default=[500, 5000],
+                        help="photo counts for `caption --output`; none: skip it")  # fmt: skip
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # cache scale steps
     args = parser.parse_args()
     if args.child:  # one scale's training, in its own process
