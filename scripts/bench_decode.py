@@ -27,7 +27,7 @@ def main():
     parser.add_argument("--data", default="../shared/flickr8k", help="the dataset folder")
     parser.add_argument(
         "--features",
-        help="feature cache [default: the run's, else data/<dataset>-<encoder>.pkl]",
+        help="feature cache [default: the run's, else data/<dataset>-<encoder>]",
     )
     parser.add_argument("--split", default="test")
     parser.add_argument("--seed-images", type=int, default=10)

@@ -75,7 +75,7 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         data = temporary_dataset(dataset, names, Path(folder) / "data")
         encoder = EncoderConfig(spec.name, "imagenet", args.batch_size)
-        summary = extract_features(data, Path(folder) / "f.pkl", encoder, progress=False)
+        summary = extract_features(data, Path(folder) / "f", encoder, progress=False)
     whole = len(names) / summary.seconds
 
     seed_names = names[: args.seed_images]

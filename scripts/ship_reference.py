@@ -38,7 +38,7 @@ def ship(run: Path, folder: Path, provenance: dict, decode: dict, ensemble=()) -
     info["config"]["decode"].update(decode)  # the decoding chosen on the dev split
     # Paths of the machine it was trained on mean nothing elsewhere.
     grid = "-grid" if info["encoder"].get("cells") else ""
-    info["data"], info["features"] = "flickr8k", f"flickr8k-{info['encoder']['name']}{grid}.pkl"
+    info["data"], info["features"] = "flickr8k", f"flickr8k-{info['encoder']['name']}{grid}"
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / VOCABULARY_FILE, folder / VOCABULARY_FILE)
     save_weights_npz(load_keras_model(run / MODEL_FILE), folder)
