@@ -283,7 +283,8 @@ def _train_and_summarize(prepared, config: Config, recorder: RunRecorder, progre
         gc.collect()
         gc.freeze()
         _fit(model, prepared, config, recorder, progress, resumed, count)
-    finally:  # the policy is global: leave the process as it was for decoding
+    finally:  # global settings: leave the process as it was (for decoding, for a notebook)
+        gc.unfreeze()
         keras.mixed_precision.set_global_policy("float32")
     best = recorder.best_logs
     return TrainSummary(
