@@ -223,10 +223,11 @@ def _read_shards(path: Path) -> dict[Shard, bool]:
         raise CacheError(
             f"{path}: mixes shards of {' and '.join(map(str, counts))}: keep one --shard I/N count"
         )
-    for shard in missing_shards(found)[:1] if found else []:
+    missing = missing_shards(found) if found else []
+    if missing:
         raise CacheError(
-            f"{path}: shard {shard} is missing: run `captioner extract --shard {shard}` "
-            "with the same --features"
+            f"{path}: shard {missing[0]} is missing: run `captioner extract --shard "
+            f"{missing[0]}` with the same --features"
         )
     return found
 
