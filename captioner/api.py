@@ -60,19 +60,19 @@ class Captioner:
     decoder's steps once, and one compiled search per decoding setting, kept as used."""
 
     def __init__(self, runs: list[Run]):
-        from captioner.encoders import build_encoder, make_encode_function
+        from captioner.encoders import make_encode_function
         from captioner.quiet import import_tensorflow
-        from captioner.rundir import decoder_steps
+        from captioner.rundir import decoder_steps, encoder_runs
 
         import_tensorflow()
         self.runs = runs
         run = runs[0]
         self.vocabulary = run.vocabulary
         self.input_size = run.encoder.input_size
-        model = build_encoder(run.encoder.name, run.encoder.weights, grid=run.encoder.cells > 0)
+        # One encoder, or one per fine-tuned member of an ensemble (captioner.rundir).
         # batch_size 1: no padding there (features() pads to ENCODER_BATCH_SIZES); after its
         # second batch size the compiled forward pass takes any size without retracing.
-        self._encode = make_encode_function(model, 1)
+        self._encoders = [make_encode_function(r.load_encoder(), 1) for r in encoder_runs(runs)[0]]
         self._steps = decoder_steps(runs)
         self._decoders: OrderedDict[DecodeConfig, object] = OrderedDict()
 
@@ -179,14 +179,22 @@ class Captioner:
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """The encoder's features of prepared photos (N, size, size, 3), in batches of
-        ENCODER_BATCH_SIZES (padded up to the next one)."""
+        ENCODER_BATCH_SIZES (padded up to the next one). An ensemble with fine-tuned encoders
+        gets each distinct encoder's features side by side (what its decoder steps read)."""
         largest, parts = ENCODER_BATCH_SIZES[-1], []
         for start in range(0, len(images), largest):
             chunk = images[start : start + largest]
             size = next(s for s in ENCODER_BATCH_SIZES if s >= len(chunk))
             blank = np.zeros((size - len(chunk), *chunk.shape[1:]), chunk.dtype)
-            parts.append(self._encode(np.concatenate([chunk, blank]))[: len(chunk)])
+            padded = np.concatenate([chunk, blank])
+            parts.append(np.hstack([encode(padded)[: len(chunk)] for encode in self._encoders]))
         return np.concatenate(parts)
+
+    def features_of_files(self, paths: list[Path], batch_size: int = CAPTION_BATCH) -> np.ndarray:
+        """features() of photo files; ImageError naming the first that cannot be read."""
+        from captioner.encoders import encode_files
+
+        return encode_files(self.features, paths, self.input_size, batch_size)
 
     def warm_up(self, largest_batch: int = CAPTION_BATCH) -> None:
         """Runs the encoder once at every batch size it will meet, and the run's own decoder on

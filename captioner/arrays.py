@@ -56,6 +56,13 @@ def caption_arrays(
             f"{len(missing)} {split} images have no features in the cache (e.g. {missing[0]}): "
             "run `captioner extract` on this dataset with the same encoder"
         )
+    rows, inputs, targets = caption_rows(dataset, names, vocabulary, max_words)
+    return CaptionArrays(names, _features(cache, names, lazy), rows, inputs, targets)
+
+
+def caption_rows(dataset: Dataset, names: list[str], vocabulary: Vocabulary, max_words: int):
+    """The captions of `names` as teacher-forcing rows: (image_rows, inputs, targets), as in
+    CaptionArrays (image_rows index `names`)."""
     # Filled caption by caption: no Python list per caption, which for COCO-sized splits cost
     # hundreds of MB and slowed every garbage collection during training.
     count = sum(len(dataset.captions[name]) for name in names)
@@ -69,7 +76,7 @@ def caption_arrays(
             ids = vocabulary.encode(clean_caption(caption))
             put_teacher_forcing_row(inputs, targets, caption_number, ids)
             caption_number += 1
-    return CaptionArrays(names, _features(cache, names, lazy), rows, inputs, targets)
+    return rows, inputs, targets
 
 
 def _features(cache: FeatureCache, names: list[str], lazy: bool | None):

@@ -339,6 +339,56 @@ def finetune(source_run, run_dir, data, features, epochs, learning_rate, seed, p
     )
 
 
+@cli.command("finetune-encoder", context_settings=CONTEXT)
+@click.option("--run", "source_run", type=click.Path(),
+              help="The run to start from [default: the shipped model's first run].")  # fmt: skip
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False),
+              help="Where the fine-tuned run goes (a new run directory).")  # fmt: skip
+@click.option(
+    "--data", type=click.Path(), help="Dataset folder, with its photos [default: the run's]."
+)
+@click.option(
+    "--epochs", type=click.IntRange(1), help="Most epochs (early stopping may end sooner)."
+)
+@click.option("--learning-rate", type=float, help="The decoder's learning rate.")
+@click.option("--encoder-learning-rate", type=float,
+              help="The encoder's learning rate (0: the encoder stays as it is).")  # fmt: skip
+@click.option(
+    "--batch-size", type=click.IntRange(1), help="Photos per step, each with all its captions."
+)
+@click.option("--augment/--no-augment", default=None, help="Random crops and flips of each photo.")
+@click.option("--seed", type=int, help="Random seed (photo order, crops, dropout).")
+@click.option("--progress/--no-progress", default=True, help="Show progress.")
+@config_options
+def finetune_encoder(source_run, run_dir, data, epochs, learning_rate, encoder_learning_rate,
+                     batch_size, augment, seed, progress, config_path, assignments):  # fmt: skip
+    """Train a run's encoder with its decoder, from the photos' pixels.
+
+    Reads and augments the train photos as `extract` reads them, encodes them with the run's
+    encoder and trains both at their own learning rates; keeps the best epoch by dev BLEU-4,
+    encoder included (the run directory's encoder.npz, which caption, evaluate and serve use).
+    Settings: the [encoder_finetune] section of --config / --set.
+
+    \b
+      captioner finetune-encoder --run runs/flickr8k-seed0 --run-dir runs/flickr8k-seed0-cnn \\
+          --data ../flickr8k
+    """
+    from captioner.finetune_encoder import finetune_encoder as finetune_run
+
+    settings = {"epochs": epochs, "learning_rate": learning_rate, "seed": seed,
+                "encoder_learning_rate": encoder_learning_rate, "batch_size": batch_size,
+                "augment": augment}  # fmt: skip
+    config = _load(config_path, assignments, encoder_finetune=settings)
+    s = finetune_run(source_run, run_dir, config.encoder_finetune, data, progress)
+    skipped = f"; {s.unreadable} unreadable photos skipped" if s.unreadable else ""
+    click.echo(
+        f"fine-tuned encoder and decoder {s.epochs_run} epochs in {s.seconds:.0f} s "
+        f"({s.photos_per_second:.1f} photos/s){skipped}; dev BLEU-4 (greedy) "
+        f"{s.start_val_bleu4:.4f} -> {s.best_val_bleu4:.4f} (epoch {s.best_epoch}), "
+        f"CIDEr-D {s.best_val_cider_d:.4f} -> {s.run_dir}"
+    )
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--run", "run_dirs", multiple=True, type=click.Path(),

@@ -139,6 +139,31 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class EncoderFinetuneConfig:
+    """Training the encoder and the decoder together from pixels (`captioner finetune-encoder`),
+    starting from a run trained on cached features."""
+
+    epochs: int = 3
+    # Photos per step; each brings all its captions (Flickr8k: 5), so the encoder runs once per
+    # photo and the decoder sees batch_size * 5 captions.
+    batch_size: int = 16
+    learning_rate: float = 1e-4  # the decoder's, below teacher forcing's: it starts trained
+    # The encoder's own, lower rate: ImageNet features are moved, not relearnt.
+    encoder_learning_rate: float = 1e-5
+    clipnorm: float = 5.0  # over encoder and decoder gradients together; 0 turns it off
+    # Each photo, each epoch: a random square crop of at least crop_scale of its side, resized
+    # back, and flipped left to right half of the time. Off: the photo as `extract` reads it.
+    augment: bool = True
+    crop_scale: float = 0.8
+    early_stopping_patience: int = 2  # epochs without a better dev BLEU-4; 0 turns it off
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.1 <= self.crop_scale <= 1.0:
+            raise ConfigError(f"encoder_finetune.crop_scale: {self.crop_scale} is not in [0.1, 1]")
+
+
+@dataclass(frozen=True)
 class DecodeConfig:
     beam_size: int = 1  # 1 is greedy search
     max_length: int = 30  # words, not counting <end>
@@ -157,6 +182,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    encoder_finetune: EncoderFinetuneConfig = field(default_factory=EncoderFinetuneConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

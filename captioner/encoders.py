@@ -229,3 +229,19 @@ def make_encode_function(model, batch_size: int):
         return forward(tf.constant(images, tf.float32)).numpy()[:count].reshape(count, -1)
 
     return encode
+
+
+def encode_files(encode, paths: list[Path], size: int, batch_size: int) -> np.ndarray:
+    """encode(uint8 photos (n, size, size, 3)) -> features, over photo files read as `extract`
+    reads them (on threads, while the encoder runs). For a split that must be scored whole: a
+    photo that cannot be read is an ImageError naming it."""
+    from captioner.errors import ImageError
+    from captioner.images import batches_of_images
+
+    parts = []
+    for _, images, errors in batches_of_images(paths, size, batch_size):
+        if errors:
+            index, reason = min(errors.items())
+            raise ImageError(f"{paths[index]}: cannot read this image ({reason})")
+        parts.append(encode(images))
+    return np.concatenate(parts)

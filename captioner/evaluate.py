@@ -10,8 +10,16 @@ from captioner.arrays import caption_arrays, references
 from captioner.config import DecodeConfig
 from captioner.data import load_dataset
 from captioner.decode import make_decoder
+from captioner.errors import ConfigError, DataError
 from captioner.metrics import sentence_bleu4
-from captioner.rundir import Run, decoder_steps, load_run_features, load_runs, write_json
+from captioner.rundir import (
+    Run,
+    decoder_steps,
+    finetuned,
+    load_run_features,
+    load_runs,
+    write_json,
+)
 from captioner.scoring import score_captions
 
 
@@ -40,7 +48,8 @@ def evaluate(
     data_root: str | Path | None = None,
     features_path: str | Path | None = None,
 ) -> Evaluation:
-    """Captions every image of `split` from cached features; scores them against all references.
+    """Captions every image of `split` from cached features (encoded from the photos for a run
+    whose encoder was fine-tuned); scores them against all references.
 
     Args:
         run_dirs: directories written by `captioner train` (or runs already loaded), one or
@@ -58,16 +67,12 @@ def evaluate(
     decode = decode or run.config.decode
     data_root = data_root or run.info["data"]
     dataset = load_dataset(data_root)
-    cache, _ = load_run_features(run, data_root, features_path)
-    # caption_arrays checks that every image of the split has features.
-    arrays = caption_arrays(
-        dataset, split, cache, run.vocabulary, run.config.text.max_caption_words
-    )
+    names, features = _split_features(runs, dataset, split, data_root, features_path)
     decoder = make_decoder(decoder_steps(runs), len(run.vocabulary), decode)
-    hypotheses = [run.vocabulary.decode(row) for row in decoder(arrays.features)]
-    refs = references(dataset, arrays.names)
+    hypotheses = [run.vocabulary.decode(row) for row in decoder(features)]
+    refs = references(dataset, names)
     scores, image_cider = score_captions(refs, hypotheses)
-    per_image = _per_image(arrays.names, hypotheses, refs, image_cider)
+    per_image = _per_image(names, hypotheses, refs, image_cider)
     # The shipped model's folder may be read-only: its results go to the current folder.
     name = f"captions-{split}-{decoding_name(decode)}{'-ensemble' if len(runs) > 1 else ''}.json"
     captions_path = (Path(".") if run.shipped else run.directory) / name
@@ -84,8 +89,33 @@ def evaluate(
         time.perf_counter() - start,
         per_image,
         dataset.images_dir,
-        {n: dataset.paths_elsewhere[n] for n in arrays.names if n in dataset.paths_elsewhere},
+        {n: dataset.paths_elsewhere[n] for n in names if n in dataset.paths_elsewhere},
     )
+
+
+def _split_features(runs: list[Run], dataset, split: str, data_root, features_path):
+    """The split's image names and the features the runs decode: from the feature cache, or
+    for runs whose encoder was fine-tuned, encoded from the photos now (no cache holds what
+    their own encoder computes; the dev or test split takes seconds to encode)."""
+    names = dataset.splits[split]
+    if not finetuned(runs):
+        cache, _ = load_run_features(runs[0], data_root, features_path)
+        # caption_arrays checks that every image of the split has features.
+        arrays = caption_arrays(
+            dataset, split, cache, runs[0].vocabulary, runs[0].config.text.max_caption_words
+        )
+        return arrays.names, arrays.features
+    if features_path is not None:
+        raise ConfigError(
+            f"{features_path}: the encoder of {runs[0].directory} was fine-tuned: no feature cache "
+            "holds its features, and evaluate encodes the photos itself: leave out --features"
+        )
+    from captioner.api import Captioner
+
+    if not names:
+        raise DataError(f"{dataset.root}: the {split} split has no images with captions")
+    features = Captioner(runs).features_of_files([dataset.image_path(n) for n in names])
+    return names, features
 
 
 def _per_image(names, hypotheses, refs, image_cider) -> list[dict]:

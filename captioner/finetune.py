@@ -212,7 +212,8 @@ def finetune(
 
     seed_everything(config.seed)  # TensorFlow starts only now: bad input above fails fast
     model = run.load_model()
-    dev_scores = dev_scores_function(model, source.dev, source.dev_references, run.vocabulary,
+    dev = source.dev
+    dev_scores = dev_scores_function(model, dev.features, source.dev_references, run.vocabulary,
                                      max_words)  # fmt: skip
     epoch_of_training = _SelfCriticalEpoch(model, source, config)
     # Epoch 0 is the model it starts from: model.keras keeps it until an epoch beats it.

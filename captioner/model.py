@@ -121,13 +121,18 @@ class DecoderSteps:
 
 class EnsembleSteps:
     """Several trained decoders decoding together: their word probabilities are averaged at
-    every step, inside greedy or beam search. Members must share the vocabulary."""
+    every step, inside greedy or beam search. Members must share the vocabulary.
 
-    def __init__(self, members: list[DecoderSteps]):
+    columns: each member's slice of the features, when members read different encoders' (runs
+    with fine-tuned encoders: captioner.rundir.encoder_runs); None: all read all of them.
+    """
+
+    def __init__(self, members: list[DecoderSteps], columns: list[slice] | None = None):
         self.members = members
+        self.columns = columns or [slice(None)] * len(members)
 
     def initial_state(self, features):
-        states = [member.initial_state(features) for member in self.members]
+        states = [m.initial_state(features[:, c]) for m, c in zip(self.members, self.columns)]
         self._state_sizes = [len(state) for state in states]  # to split the flat list again
         return [tensor for state in states for tensor in state]
 

@@ -6,6 +6,9 @@ model.keras        the best epoch by train.select_by (dev loss or greedy dev BLE
 last.keras         the latest epoch, rewritten each epoch
 weights.npz        instead of model.keras in the shipped model: float16 weights, decoder rebuilt
                    from run.json (`save_weights_npz` writes it, `Run.load_model` reads it)
+encoder.npz        a run whose encoder was fine-tuned (`finetune-encoder`, encoder.finetuned in
+                   run.json): the encoder's weights of the epoch model.keras holds, float32
+                   (float16 in a shipped model); `Run.load_encoder` reads them
 vocabulary.json    the words, id = position
 run.json           the effective config, the encoder, the data and feature paths
 history.json, training.csv   per-epoch losses, scores and learning rate; loss.png draws them
@@ -20,7 +23,7 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,7 @@ RUN_FORMAT = "captioner-run/1"
 MODEL_FILE, LAST_FILE, WEIGHTS_FILE = "model.keras", "last.keras", "weights.npz"
 VOCABULARY_FILE, RUN_FILE, HISTORY_FILE = "vocabulary.json", "run.json", "history.json"
 TRAINING_CSV, PLOT_FILE, TENSORBOARD_DIR = "training.csv", "loss.png", "logs"
-RESUME_FILE = "resume.npz"
+RESUME_FILE, ENCODER_FILE = "resume.npz", "encoder.npz"
 
 
 @dataclass
@@ -45,6 +48,9 @@ class EncoderInfo:
     feature_dim: int
     weights: str
     cells: int = 0  # > 0: the features are the encoder's grid of this many cells (attention)
+    # True: the encoder was trained with the decoder; its weights are the run's own encoder.npz,
+    # and no feature cache holds what it computes.
+    finetuned: bool = False
 
 
 @dataclass
@@ -66,8 +72,26 @@ class Run:
         model = build_decoder(
             self.config.model, len(self.vocabulary), encoder.feature_dim, encoder.cells
         )
-        with np.load(self.directory / WEIGHTS_FILE, allow_pickle=False) as arrays:
-            weights = [arrays[f"w{i}"].astype(np.float32) for i in range(len(arrays.files))]
+        model.set_weights(read_weights_npz(self.directory / WEIGHTS_FILE))
+        return model
+
+    def load_encoder(self):
+        """The encoder that makes this run's features: built by name with the run's weights, or
+        for a fine-tuned run the architecture with the weights of its encoder.npz."""
+        from captioner.encoders import build_encoder
+
+        encoder, grid = self.encoder, self.encoder.cells > 0
+        if not encoder.finetuned:
+            return build_encoder(encoder.name, encoder.weights, grid=grid)
+        model = build_encoder(encoder.name, "none", grid=grid)
+        path = self.directory / ENCODER_FILE
+        if not path.is_file():
+            raise RunError(f"{self.directory}: no {ENCODER_FILE} here, yet its encoder was "
+                           "fine-tuned (run.json): copy the whole run directory")  # fmt: skip
+        weights = read_weights_npz(path)
+        if len(weights) != len(model.weights):
+            raise RunError(f"{path}: holds {len(weights)} arrays, {encoder.name} has "
+                           f"{len(model.weights)}: not this run's encoder")  # fmt: skip
         model.set_weights(weights)
         return model
 
@@ -83,13 +107,20 @@ class Run:
         return merge(self.config, {"decode": given}, "decoding options").decode
 
 
-def save_weights_npz(model, folder: str | Path) -> None:
-    """weights.npz: the model's weights in float16, no optimizer state (a sixth of model.keras);
-    `Run.load_model` rebuilds the decoder from run.json and reads them back."""
-    weights = {f"w{i}": w.astype(np.float16) for i, w in enumerate(model.get_weights())}
+def save_weights_npz(model, folder: str | Path, name: str = WEIGHTS_FILE, dtype=np.float16):
+    """weights.npz: the model's weights (float16: a sixth of model.keras), no optimizer state;
+    `Run.load_model` rebuilds the decoder from run.json and reads them back. Also writes a
+    fine-tuned encoder's encoder.npz (float32 in a run directory)."""
+    weights = {f"w{i}": w.astype(dtype) for i, w in enumerate(model.get_weights())}
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **weights)
-    write_atomic(Path(folder) / WEIGHTS_FILE, buffer.getvalue())
+    write_atomic(Path(folder) / name, buffer.getvalue())
+
+
+def read_weights_npz(path: Path) -> list[np.ndarray]:
+    """The arrays save_weights_npz wrote, in order, as float32 (plain arrays: no code runs)."""
+    with np.load(path, allow_pickle=False) as arrays:
+        return [arrays[f"w{i}"].astype(np.float32) for i in range(len(arrays.files))]
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -173,7 +204,12 @@ def load_runs(directories) -> list[Run]:
         runs = [load_run()]
         runs += [load_run(runs[0].directory / m) for m in runs[0].info.get("ensemble", [])]
     for run in runs[1:]:
-        if run.vocabulary.words != runs[0].vocabulary.words or run.encoder != runs[0].encoder:
+        # Fine-tuned members each bring their own weights of the same encoder: the photos are
+        # read once, at its size, and each member decodes its own encoder's features.
+        same_encoder = replace(run.encoder, finetuned=False) == replace(
+            runs[0].encoder, finetuned=False
+        )
+        if run.vocabulary.words != runs[0].vocabulary.words or not same_encoder:
             raise RunError(
                 f"{run.directory}: an ensemble needs the same vocabulary and encoder as "
                 f"{runs[0].directory}"
@@ -181,13 +217,43 @@ def load_runs(directories) -> list[Run]:
     return runs
 
 
+def encoder_runs(runs: list[Run]) -> tuple[list[Run], list[slice]]:
+    """The runs whose encoders make an ensemble's features, one per distinct encoder (all runs
+    share one, unless fine-tuned), and the columns of each run's features in their
+    concatenation, in the order of `runs`."""
+    keys = [_encoder_key(run) for run in runs]
+    distinct = list(dict.fromkeys(keys))
+    width = runs[0].encoder.feature_dim
+    columns = [slice(distinct.index(k) * width, (distinct.index(k) + 1) * width) for k in keys]
+    return [runs[keys.index(key)] for key in distinct], columns
+
+
+def _encoder_key(run: Run) -> tuple:
+    """Runs of one key read the same features; a fine-tuned encoder is its run's alone."""
+    encoder = run.encoder
+    if encoder.finetuned:
+        return ("finetuned", str(run.directory.resolve()))
+    return (encoder.name, encoder.weights, encoder.cells)
+
+
+def finetuned(runs: list[Run]) -> bool:
+    return any(run.encoder.finetuned for run in runs)
+
+
 def load_run_features(run: Run, data_root: str | Path, path: str | Path | None = None):
     """The feature cache of `run`'s encoder: `path`, else the one it was trained on, else (a run
     trained on another machine, e.g. the shipped model) `extract`'s default for `data_root`.
-    Returns (cache, its path); raises CacheError if another encoder or kind made it."""
+    Returns (cache, its path); raises CacheError if another encoder or kind made it, or if the
+    run's encoder was fine-tuned."""
+    from captioner.errors import CacheError
     from captioner.store import default_cache_path, load_feature_cache
 
     encoder = run.encoder
+    if encoder.finetuned:  # a cache of the ImageNet encoder would give other, wrong features
+        raise CacheError(
+            f"{run.directory}: its encoder was fine-tuned (finetune-encoder): no feature cache "
+            "holds its features; `evaluate`, `caption` and `serve` encode the photos themselves"
+        )
     path = path or run.info.get("features")
     if not path or not Path(path).exists():
         path = default_cache_path(data_root, encoder.name, grid=encoder.cells > 0)
@@ -197,8 +263,13 @@ def load_run_features(run: Run, data_root: str | Path, path: str | Path | None =
 
 
 def decoder_steps(runs: list[Run]):
-    """The step function of one run's decoder, or of an ensemble of several."""
+    """The step function of one run's decoder, or of an ensemble of several. It reads the
+    features `encoder_runs` describes: one encoder's, or with fine-tuned members the
+    concatenation of each distinct encoder's (each member its own columns)."""
     from captioner.model import DecoderSteps, EnsembleSteps
 
     members = [DecoderSteps(run.load_model()) for run in runs]
-    return members[0] if len(members) == 1 else EnsembleSteps(members)
+    if len(members) == 1:
+        return members[0]
+    distinct, columns = encoder_runs(runs)
+    return EnsembleSteps(members, columns if len(distinct) > 1 else None)

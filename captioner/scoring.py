@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from captioner.arrays import CaptionArrays
 from captioner.metrics import cider_d, corpus_bleu_scores
 from captioner.text import Vocabulary
 
@@ -20,11 +19,12 @@ def score_captions(
 
 
 def dev_scores_function(
-    model, arrays: CaptionArrays, references: list[list[list[str]]], vocabulary: Vocabulary,
-    max_words: int,
-) -> Callable[[], dict[str, float]]:  # fmt: skip
-    """Returns f() -> {"BLEU-4", "CIDEr-D"} of greedy captions for the images of `arrays`, with
-    the model's current weights (the decoder is compiled once and reads the live variables)."""
+    model, features, references: list[list[list[str]]], vocabulary: Vocabulary, max_words: int
+) -> Callable[..., dict[str, float]]:
+    """Returns f(features=None) -> {"BLEU-4", "CIDEr-D"} of greedy captions for the dev images,
+    with the model's current weights (the decoder is compiled once and reads the live
+    variables). `features` (images, D) are the images' features; f may be given new ones (an
+    encoder that is being trained gives new features every epoch)."""
     from captioner.config import DecodeConfig
     from captioner.decode import make_decoder
     from captioner.model import DecoderSteps
@@ -32,9 +32,11 @@ def dev_scores_function(
     decode = make_decoder(
         DecoderSteps(model), len(vocabulary), DecodeConfig(beam_size=1, max_length=max_words)
     )
+    fixed = features
 
-    def scores() -> dict[str, float]:
-        hypotheses = [vocabulary.decode(row) for row in decode(arrays.features)]
+    def scores(features=None) -> dict[str, float]:
+        features = fixed if features is None else features
+        hypotheses = [vocabulary.decode(row) for row in decode(features)]
         bleu4 = corpus_bleu_scores(references, hypotheses)["BLEU-4"]
         return {"BLEU-4": bleu4, "CIDEr-D": cider_d(references, hypotheses)[0]}
 

@@ -174,7 +174,7 @@ def _fit(model, prepared: _Prepared, config: Config, recorder: RunRecorder, prog
     dev = prepared.dev
     dev_scores = dev_scores_function(
         model,
-        dev,
+        dev.features,
         references(prepared.dataset, dev.names),
         prepared.vocabulary,
         config.text.max_caption_words,

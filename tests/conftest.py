@@ -30,6 +30,31 @@ if TINY_ENCODER not in _REGISTRY:
         return keras.Model(images, x if grid else keras.layers.Flatten()(x), name="tiny_test")
 
 
+TINY_CONV_ENCODER = "tiny_conv_test"
+
+if TINY_CONV_ENCODER not in _REGISTRY:
+
+    @register_encoder(TINY_CONV_ENCODER, synthetic.SIZE, 8 * 8 * 3, "half-blind conv (tests)")
+    def _tiny_conv(weights, grid=False):
+        """A trainable CNN that starts out half blind, for fine-tuning the encoder: a 4x4
+        convolution of stride 4 to three channels, the first summing the blue of each patch and
+        the other two all zero (red, green and yellow shapes look alike), then BatchNorm. Every
+        build starts from these same weights (extract, then fine-tuning); training can teach
+        the blind channels to see."""
+        import keras
+        import numpy as np
+
+        images = keras.Input((synthetic.SIZE, synthetic.SIZE, 3))
+        x = keras.layers.Rescaling(1 / 255)(images)
+        conv = keras.layers.Conv2D(3, 4, strides=4, name="conv")
+        x = keras.layers.BatchNormalization(name="bn")(conv(x))
+        model = keras.Model(images, x if grid else keras.layers.Flatten()(x), name="tiny_conv")
+        kernel = np.zeros((4, 4, 3, 3), np.float32)
+        kernel[:, :, 2, 0] = 1 / 16
+        conv.set_weights([kernel, np.zeros(3, np.float32)])
+        return model
+
+
 # extract_features settings for the tiny encoder (random weights: it has none to load).
 TINY = EncoderConfig(TINY_ENCODER, "none", 64)
 TINY_16 = EncoderConfig(TINY_ENCODER, "none", 16)

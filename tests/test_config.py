@@ -18,7 +18,7 @@ from captioner.config import (
 from captioner.errors import ConfigError
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-SECTIONS = "text, encoder, model, train, decode, finetune"
+SECTIONS = "text, encoder, model, train, decode, finetune, encoder_finetune"
 
 
 def test_defaults_without_file_or_assignments():
@@ -173,3 +173,9 @@ def test_config_from_dict_round_trips_to_dict_through_json():
     saved["model"]["size"] = 3  # e.g. written by a newer captioner
     with pytest.raises(ConfigError, match=r"^run\.json: unknown setting model\.size "):
         config_from_dict(saved, "run.json")
+
+
+def test_encoder_finetune_crop_scale_must_leave_a_crop():
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ("encoder_finetune.crop_scale=0.0",))
+    assert str(error.value) == "encoder_finetune.crop_scale: 0.0 is not in [0.1, 1]"

@@ -8,7 +8,13 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "captioner"
 # The stages' modules: only the CLI (and the package's own API) may bring several together.
-STAGES = {"captioner.train", "captioner.evaluate", "captioner.caption", "captioner.finetune"}
+STAGES = {
+    "captioner.train",
+    "captioner.evaluate",
+    "captioner.caption",
+    "captioner.finetune",
+    "captioner.finetune_encoder",
+}
 MAX_FUNCTION_LINES = 60
 
 
