@@ -12,6 +12,7 @@ bring all their captions (Flickr8k: 5).
 
     python scripts/bench_finetune.py                       # the shipped model on ../shared/flickr8k
     python scripts/bench_finetune.py --run runs/flickr8k-seed0 --photos 960 --batch-size 32
+    python scripts/bench_finetune.py --encoder efficientnet_lite0       # Lite0, same decoder
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def measure(mode: str, args) -> dict:
 
     from captioner.config import EncoderFinetuneConfig
     from captioner.data import load_dataset
-    from captioner.encoders import make_encode_function
+    from captioner.encoders import get_encoder, make_encode_function
     from captioner.finetune_encoder import (
         TrainingEpochs,
         freeze_batch_norm,
@@ -48,6 +49,13 @@ def measure(mode: str, args) -> dict:
     from captioner.rundir import load_run
 
     run = load_run(args.run)
+    if args.encoder:  # another encoder of the same feature size: the run's decoder still fits
+        spec = get_encoder(args.encoder)
+        if spec.feature_dim != run.encoder.feature_dim:
+            raise SystemExit(f"{args.encoder}: {spec.feature_dim} features, the run's decoder "
+                             f"reads {run.encoder.feature_dim}")  # fmt: skip
+        run = replace(run, encoder=replace(run.encoder, name=spec.name,
+                                           input_size=spec.input_size))  # fmt: skip
     train = photo_captions(load_dataset(args.data), "train", run)
     photos = args.photos + args.batch_size  # the first batch warms up
     warm_up, timed = (_subset(train, 0, args.batch_size), _subset(train, args.batch_size, photos))
@@ -95,6 +103,9 @@ def main():
     )
     parser.add_argument("--data", default="../shared/flickr8k")
     parser.add_argument("--run", help="a run directory [default: the shipped model's first run]")
+    parser.add_argument("--encoder", help="another encoder with the run's feature size, e.g. "
+                        "efficientnet_lite0 for the shipped Lite1 model (its ImageNet weights, "
+                        "the run's decoder)")  # fmt: skip
     parser.add_argument("--photos", type=int, default=480, help="timed photos per mode")
     parser.add_argument("--batch-size", type=int, default=16, help="photos per training step")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
@@ -106,7 +117,8 @@ def main():
     rows = []
     for mode in MODES:
         given = ["--data", args.data, "--photos", str(args.photos), "--batch-size",
-                 str(args.batch_size), *(["--run", args.run] if args.run else [])]  # fmt: skip
+                 str(args.batch_size), *(["--run", args.run] if args.run else []),
+                 *(["--encoder", args.encoder] if args.encoder else [])]  # fmt: skip
         command = [sys.executable, __file__, *given, "--child", mode]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
@@ -117,8 +129,9 @@ def main():
 
 
 def report(rows: list[dict], args) -> None:
-    print(f"\n{rows[0]['photos']} photos ({rows[-1]['captions']} captions), training batches of "
-          f"{args.batch_size} photos, {os.cpu_count()} CPUs")  # fmt: skip
+    encoder = args.encoder or "the run's encoder"
+    print(f"\n{encoder}, {rows[0]['photos']} photos ({rows[-1]['captions']} captions), training "
+          f"batches of {args.batch_size} photos, {os.cpu_count()} CPUs")  # fmt: skip
     print("what          photos/s   peak RSS   of extract's rate")
     extract = rows[0]["photos_per_s"]
     for row in rows:

@@ -183,3 +183,11 @@ def test_an_ensemble_decodes_each_member_from_its_own_encoder(tuned, source_run,
                                       "--run", str(frozen)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.output.strip().split("\t")[1] == Captioner.load(trained, frozen).caption(photo)
+
+
+def test_self_critical_training_refuses_a_finetuned_encoder(tuned, tmp_path):
+    result = CliRunner().invoke(cli, ["finetune", "--run", str(tuned["trained"][0]),
+                                      "--run-dir", str(tmp_path / "scst")])  # fmt: skip
+    assert result.exit_code == 1
+    assert "its encoder was fine-tuned" in result.output
+    assert len(result.output.strip().splitlines()) == 1
