@@ -365,7 +365,7 @@ def finetune_encoder(source_run, run_dir, data, epochs, learning_rate, encoder_l
     """Train a run's encoder with its decoder, from the photos' pixels.
 
     Reads and augments the train photos as `extract` reads them, encodes them with the run's
-    encoder and trains both at their own learning rates; keeps the best epoch by dev BLEU-4,
+    encoder and trains both at their own learning rates; keeps the best epoch by dev loss,
     encoder included (the run directory's encoder.npz, which caption, evaluate and serve use).
     Settings: the [encoder_finetune] section of --config / --set.
 
@@ -381,11 +381,13 @@ def finetune_encoder(source_run, run_dir, data, epochs, learning_rate, encoder_l
     config = _load(config_path, assignments, encoder_finetune=settings)
     s = finetune_run(source_run, run_dir, config.encoder_finetune, data, progress)
     skipped = f"; {s.unreadable} unreadable photos skipped" if s.unreadable else ""
+    start, best = s.start, s.best
     click.echo(
         f"fine-tuned encoder and decoder {s.epochs_run} epochs in {s.seconds:.0f} s "
-        f"({s.photos_per_second:.1f} photos/s){skipped}; dev BLEU-4 (greedy) "
-        f"{s.start_val_bleu4:.4f} -> {s.best_val_bleu4:.4f} (epoch {s.best_epoch}), "
-        f"CIDEr-D {s.best_val_cider_d:.4f} -> {s.run_dir}"
+        f"({s.photos_per_second:.1f} photos/s){skipped}; kept epoch {s.best_epoch}: dev loss "
+        f"{start['val_loss']:.4f} -> {best['val_loss']:.4f}, dev BLEU-4 (greedy) "
+        f"{start['val_bleu4']:.4f} -> {best['val_bleu4']:.4f}, CIDEr-D "
+        f"{start['val_cider_d']:.4f} -> {best['val_cider_d']:.4f} -> {s.run_dir}"
     )
 
 

@@ -10,8 +10,8 @@ BatchNormalization layer stays frozen (statistics, scale and offset): the encode
 batch of 16 photos would estimate badly, and the decoder's image normalization, which would
 chase features that move every step. Each epoch ends with the dev photos encoded by the encoder
 as it is then: teacher-forced dev loss, and greedy captions scored. The run directory keeps
-the best epoch by dev BLEU-4 (epoch 0, the starting point, included): its decoder as
-model.keras and its encoder as encoder.npz.
+the best epoch by dev loss (or greedy dev BLEU-4: select_by; epoch 0, the starting point,
+included): its decoder as model.keras and its encoder as encoder.npz.
 """
 
 from __future__ import annotations
@@ -31,17 +31,14 @@ from captioner.rundir import ENCODER_FILE, Run, load_run, save_weights_npz
 from captioner.scoring import dev_scores_function
 from captioner.text import PAD_ID
 
-MONITOR = "val_bleu4"
-
 
 @dataclass
 class EncoderFinetuneSummary:
     run_dir: Path
     epochs_run: int
     best_epoch: int  # 0: no epoch beat the starting point, whose weights were kept
-    start_val_bleu4: float
-    best_val_bleu4: float
-    best_val_cider_d: float
+    start: dict[str, float]  # dev scores of the starting point: val_loss, val_bleu4, val_cider_d
+    best: dict[str, float]  # and of the epoch kept
     photos_per_second: float  # training photos per second, augmentation and both models
     unreadable: int  # train photos skipped because they could not be read
     seconds: float
@@ -184,7 +181,8 @@ def dev_loss(decoder, features: np.ndarray, dev: PhotoCaptions, photos: int = 64
 class _EpochEnd:
     """What follows each epoch: the dev photos encoded by the encoder as it is now, their
     teacher-forced loss and greedy captions scored, then the run directory (encoder.npz, then
-    model.keras, when dev BLEU-4 improved). Called, returns True when training should stop."""
+    model.keras, when the selection score improved). Called, returns True when training should
+    stop."""
 
     def __init__(self, recorder: RunRecorder, encoder, decoder, source: Run, dev, references):
         from captioner.encoders import make_encode_function
@@ -201,9 +199,9 @@ class _EpochEnd:
         features = encode_files(self.encode, self.dev.paths, self.size, self.batch_size)
         scores = self.scores(features)
         logs = {**logs, "val_loss": dev_loss(self.decoder, features, self.dev),
-                MONITOR: scores["BLEU-4"], "val_cider_d": scores["CIDEr-D"]}  # fmt: skip
-        recorder = self.recorder
-        if is_better(logs[MONITOR], recorder.best, MONITOR):  # first: a pair with model.keras
+                "val_bleu4": scores["BLEU-4"], "val_cider_d": scores["CIDEr-D"]}  # fmt: skip
+        recorder, monitor = self.recorder, self.recorder.monitor
+        if is_better(logs[monitor], recorder.best, monitor):  # first: a pair with model.keras
             save_weights_npz(self.encoder, recorder.run_dir, ENCODER_FILE, np.float32)
         return recorder.record(self.decoder, epoch, logs)
 
@@ -274,7 +272,7 @@ def finetune_encoder(
 
     start = time.perf_counter()
     source, train, dev, dev_references, info = _read_source(source_run, run_dir, data_root)
-    recorder = RunRecorder(run_dir, MONITOR, config.early_stopping_patience)
+    recorder = RunRecorder(run_dir, config.select_by, config.early_stopping_patience)
     run_config = replace(source.config, encoder_finetune=config)
     encoder_info = replace(source.encoder, finetuned=True)
     recorder.start(run_config, encoder_info, source.vocabulary, **info)
@@ -303,9 +301,8 @@ def finetune_encoder(
         recorder.run_dir,
         len(recorder.history) - 1,
         recorder.best_epoch,
-        recorder.history[0][MONITOR],
-        best[MONITOR],
-        best["val_cider_d"],
+        recorder.history[0],
+        best,
         epochs.photos / max(epochs.seconds, 1e-9),
         len(epochs.unreadable),
         time.perf_counter() - start,

@@ -79,7 +79,8 @@ def finetune(source, run_dir, encoder_rate: float, epochs: int = 12):
     args = ["finetune-encoder", "--run", source, "--run-dir", run_dir, "--epochs", epochs,
             "--learning-rate", 0.01, "--encoder-learning-rate", encoder_rate,
             "--batch-size", 8, "--no-progress",
-            "--set", "encoder_finetune.early_stopping_patience=0"]  # fmt: skip
+            "--set", "encoder_finetune.early_stopping_patience=0",
+            "--set", "encoder_finetune.select_by=val_bleu4"]  # fmt: skip
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output, json.loads((run_dir / "history.json").read_text())
@@ -131,7 +132,7 @@ def test_a_finetuned_run_keeps_its_best_epoch_and_evaluates_with_its_own_encoder
     info = json.loads((run_dir / "run.json").read_text())
     assert info["encoder"]["finetuned"] is True
     best = max(range(len(history)), key=lambda i: history[i]["val_bleu4"])
-    assert f"(epoch {best})" in output
+    assert f"kept epoch {best}:" in output
 
     result = CliRunner().invoke(cli, ["evaluate", "--run", str(run_dir), "--split", "dev",
                                       "--beam", "1"])  # fmt: skip
