@@ -382,8 +382,11 @@ def finetune_encoder(source_run, run_dir, data, epochs, learning_rate, encoder_l
     s = finetune_run(source_run, run_dir, config.encoder_finetune, data, progress)
     skipped = f"; {s.unreadable} unreadable photos skipped" if s.unreadable else ""
     start, best = s.start, s.best
+    what = "fine-tuned encoder and decoder"
+    if config.encoder_finetune.encoder_learning_rate == 0:
+        what = "trained the decoder from pixels (encoder frozen)"
     click.echo(
-        f"fine-tuned encoder and decoder {s.epochs_run} epochs in {s.seconds:.0f} s "
+        f"{what} {s.epochs_run} epochs in {s.seconds:.0f} s "
         f"({s.photos_per_second:.1f} photos/s){skipped}; kept epoch {s.best_epoch}: dev loss "
         f"{start['val_loss']:.4f} -> {best['val_loss']:.4f}, dev BLEU-4 (greedy) "
         f"{start['val_bleu4']:.4f} -> {best['val_bleu4']:.4f}, CIDEr-D "
