@@ -169,17 +169,18 @@ def _best_ending_now(ended, sequences, t):
     return tf.reduce_max(ended, axis=1), sequence
 
 
-def _go_on(candidates, sequences, t):
+def _go_on(candidates, sequences, t, K):
     """The K best (beam, word) pairs other than <end> become the new beams.
 
-    candidates: (B, K, V) log P of each beam followed by each word. Returns the beams' log P
-    (B, K), their words (B, K, L), the beam each continues (B, K) and its last word (B, K).
+    candidates: (B, W, V) log P of each of W beams followed by each word; sequences: (B, W, L).
+    Returns the K new beams' log P (B, K), their words (B, K, L), the beam each continues
+    (B, K) and its last word (B, K).
     """
     import tensorflow as tf
 
-    B, K, V = tf.shape(candidates)[0], candidates.shape[1], candidates.shape[2]
+    B, W, V = tf.shape(candidates)[0], candidates.shape[1], candidates.shape[2]
     candidates = tf.where(tf.range(V) == END_ID, float(_NEG_INF), candidates)
-    alive, flat = tf.math.top_k(tf.reshape(candidates, [B, K * V]), k=K)  # (B, K)
+    alive, flat = tf.math.top_k(tf.reshape(candidates, [B, W * V]), k=K)  # (B, K)
     parent, tokens = flat // V, flat % V
     sequences = tf.gather(sequences, parent, batch_dims=1)
     L = tf.shape(sequences)[2]
@@ -188,7 +189,8 @@ def _go_on(candidates, sequences, t):
 
 
 class _Beams(NamedTuple):
-    """Beam search's working set: the A photos of the batch still searching, K beams each.
+    """Beam search's working set: the A photos of the batch still searching, K beams each
+    (one before the first word: the K beams of a photo would all be the same).
 
     A photo leaves it at the step its answer is known, so that later steps run the decoder on
     the photos still searching only, not on the whole batch until its slowest photo is done.
@@ -203,16 +205,16 @@ class _Beams(NamedTuple):
     best_sequence: tf.Tensor  # (A, L) its words and <end>
 
 
-def _compact(beams: _Beams, parent, keep) -> _Beams:
+def _compact(beams: _Beams, parent_rows, keep) -> _Beams:
     """The rows `keep` (A',) of the photos that go on, in every tensor of `beams`.
 
-    beams.state is still in the order of the step before; `parent` (A, K) names the beam each
-    new beam continues, so a single gather both reorders the state and drops finished photos.
+    beams.state is still in the order of the step before; `parent_rows` (A, K) names the row
+    of it each new beam continues, so one gather both reorders the state and drops finished
+    photos.
     """
     import tensorflow as tf
 
-    K = parent.shape[1]
-    rows = tf.reshape(tf.gather(parent, keep) + keep[:, None] * K, [-1])  # (A' * K,)
+    rows = tf.reshape(tf.gather(parent_rows, keep), [-1])  # (A' * K,)
     return _Beams(
         photo=tf.gather(beams.photo, keep),
         state=[tf.ensure_shape(tf.gather(s, rows), s.shape) for s in beams.state],
@@ -273,7 +275,8 @@ class _BeamSearch:
 
         B = tf.shape(features)[0]
         answers = (tf.zeros([B, self.L], tf.int32), tf.zeros([B]))  # filled as photos finish
-        loop_vars = (tf.constant(0), self._start(features), answers)
+        # The first word from one beam per photo, the next ones from K: two graphs of a step.
+        loop_vars = self._step(tf.constant(0), self._start(features), answers)
         # Until no photo is left: at max_length (step L - 1) every photo is done.
         _, _, (ids, scores) = tf.while_loop(
             lambda t, beams, answers: tf.size(beams.photo) > 0,
@@ -285,19 +288,20 @@ class _BeamSearch:
         return ids, scores
 
     def _start(self, features) -> _Beams:
-        """Every photo's K beams start from its image; one is live (log P 0), the others are
-        never chosen over it (-1e9), so that the first step does not pick one word K times."""
+        """One beam per photo, from its image: the K beams of the first step would be one.
+        With fewer words than beams (top K of W * V needs W * V >= K), K beams, all but one
+        at -1e9, which the first step chooses only once the words run out."""
         import tensorflow as tf
 
-        B, K, L = tf.shape(features)[0], self.K, self.L
+        B, W = tf.shape(features)[0], 1 if self.K <= self.V else self.K
         return _Beams(
             photo=tf.range(B),
-            state=[tf.repeat(s, K, axis=0) for s in self.steps.initial_state(features)],
-            tokens=tf.fill([B, K], START_ID),
-            alive=tf.tile(tf.constant([[0.0] + [_NEG_INF] * (K - 1)]), [B, 1]),
-            sequences=tf.zeros([B, K, L], tf.int32),
+            state=[tf.repeat(s, W, axis=0) for s in self.steps.initial_state(features)],
+            tokens=tf.fill([B, W], START_ID),
+            alive=tf.tile(tf.constant([[0.0] + [_NEG_INF] * (W - 1)]), [B, 1]),
+            sequences=tf.zeros([B, W, self.L], tf.int32),
             best_score=tf.fill([B], float(_NEG_INF)),
-            best_sequence=tf.zeros([B, L], tf.int32),
+            best_sequence=tf.zeros([B, self.L], tf.int32),
         )
 
     def _step(self, t, beams: _Beams, answers):
@@ -313,13 +317,15 @@ class _BeamSearch:
         best_score = tf.where(better, ended, beams.best_score)
         best_sequence = tf.where(better[:, None], sequence, beams.best_sequence)
         # 2. Hypotheses that go on (the state is reordered to them by _compact).
-        alive, sequences, parent, tokens = _go_on(candidates, beams.sequences, t)
+        alive, sequences, parent, tokens = _go_on(candidates, beams.sequences, t, self.K)
+        width = beams.tokens.shape[1]  # beams per photo in `state`: 1 at the first step, then K
+        parent_rows = parent + tf.range(tf.shape(parent)[0])[:, None] * width
         beams = _Beams(beams.photo, state, tokens, alive, sequences, best_score, best_sequence)
         # 3. A photo is done when no live beam can beat its finished one, or at max_length.
         hope = self.normalize(tf.reduce_max(alive, axis=1), self.L + 1)
         done = (best_score >= hope) | (t == self.L - 1)
         answers = self._answer(beams, _where(done), answers)
-        return t + 1, _compact(beams, parent, _where(~done)), answers
+        return t + 1, _compact(beams, parent_rows, _where(~done)), answers
 
     def _candidates(self, t, beams: _Beams):
         """log P of each beam followed by each word (A, K, V), and the decoder's next state."""
@@ -327,7 +333,7 @@ class _BeamSearch:
 
         log_probs, state = self.steps.step(tf.reshape(beams.tokens, [-1]), beams.state)
         log_probs += tf.where(t == 0, self.banned_first, self.banned)
-        log_probs = tf.reshape(log_probs, [-1, self.K, self.V])
+        log_probs = tf.reshape(log_probs, [-1, beams.tokens.shape[1], self.V])
         if self.no_repeat_ngram > 1:
             log_probs = _ban_repeated_ngrams(log_probs, beams.sequences, t, self.no_repeat_ngram)
         return beams.alive[:, :, None] + log_probs, state

@@ -61,6 +61,12 @@ def test_beam_finds_the_more_probable_caption_that_greedy_misses():
     assert scores.numpy()[0] == pytest.approx(np.log(0.36) / 2**0.7, rel=1e-5)
 
 
+def test_a_beam_wider_than_the_vocabulary_finds_the_same_caption():
+    ids, scores = make_beam_search(BigramSteps(TRAP), V, beam_size=V + 2, max_length=5)(FEATURES)
+    assert list(ids.numpy()[0]) == [B, END_ID, 0, 0, 0]
+    assert scores.numpy()[0] == pytest.approx(np.log(0.36) / 2**0.7, rel=1e-5)
+
+
 def test_greedy_scores_its_caption_as_beam_search_does():
     # Greedy's "a <end>" has P = 0.5 * 0.34; scored log P / length ** penalty, as beam ranks.
     steps = BigramSteps(TRAP)
@@ -311,7 +317,8 @@ def test_finished_photos_leave_the_working_set():
     steps.rows.assign(0)
     search(photos)
     assert int(steps.rows.numpy()) == sum(alone)
-    assert max(alone) == 3 * MAX and min(alone) <= 3 * 3  # the first photo is done at step 3
+    # One row per photo for the first word, K = 3 after; "a <end>" is done at the second word.
+    assert max(alone) == 1 + 3 * (MAX - 1) and min(alone) == 1 + 3
 
 
 @pytest.mark.parametrize("decoder", ["lstm", "attention"])
