@@ -5,15 +5,22 @@ and `step(tokens (B,), state) -> (log-probabilities (B, V), state)`: the trained
 (`captioner.model.DecoderSteps`) or, in tests, a hand-built one.
 
 Beam search ranks hypotheses by log P / length ** length_penalty, where length counts the words
-and the <end> token. Finished hypotheses are kept aside (the best one per image); the search
-stops early once no live beam can beat it, and returns the best live beam when none finished.
+and the <end> token. Finished hypotheses are kept aside (the best one per image); an image
+leaves the search as soon as no live beam of its own can beat that one (the batch goes on with
+the others, so the decoder runs on fewer rows step by step), and gets its best live beam when
+none finished by max_length. Each image's answer is the same in any batch, or alone.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple
+
 import numpy as np
 
 from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 _NEG_INF = -1e9  # finite, so that -inf - -inf never makes a NaN
 
@@ -162,24 +169,194 @@ def _best_ending_now(ended, sequences, t):
     return tf.reduce_max(ended, axis=1), sequence
 
 
-def _go_on(candidates, sequences, state, t):
+def _go_on(candidates, sequences, t, K):
     """The K best (beam, word) pairs other than <end> become the new beams.
 
-    candidates: (B, K, V) log P of each beam followed by each word. Returns the beams' log P
-    (B, K), their words (B, K, L), the decoder state reordered to them, and their last words.
+    candidates: (B, W, V) log P of each of W beams followed by each word; sequences: (B, W, L).
+    Returns the K new beams' log P (B, K), their words (B, K, L), the beam each continues
+    (B, K) and its last word (B, K).
     """
     import tensorflow as tf
 
-    B, K, V = tf.shape(candidates)[0], candidates.shape[1], candidates.shape[2]
+    B, W, V = tf.shape(candidates)[0], candidates.shape[1], candidates.shape[2]
     candidates = tf.where(tf.range(V) == END_ID, float(_NEG_INF), candidates)
-    alive, flat = tf.math.top_k(tf.reshape(candidates, [B, K * V]), k=K)  # (B, K)
+    alive, flat = tf.math.top_k(tf.reshape(candidates, [B, W * V]), k=K)  # (B, K)
     parent, tokens = flat // V, flat % V
     sequences = tf.gather(sequences, parent, batch_dims=1)
     L = tf.shape(sequences)[2]
     sequences = tf.where(tf.range(L)[None, None] == t, tokens[:, :, None], sequences)
-    rows = tf.reshape(parent + tf.range(B)[:, None] * K, [-1])
-    state = [tf.ensure_shape(tf.gather(s, rows), s.shape) for s in state]
-    return alive, sequences, state, tf.reshape(tokens, [-1])
+    return alive, sequences, parent, tokens
+
+
+class _Beams(NamedTuple):
+    """Beam search's working set: the A photos of the batch still searching, K beams each
+    (one before the first word: the K beams of a photo would all be the same).
+
+    A photo leaves it at the step its answer is known, so that later steps run the decoder on
+    the photos still searching only, not on the whole batch until its slowest photo is done.
+    """
+
+    photo: tf.Tensor  # (A,) int32: which row of the batch, and of the answers, each one is
+    state: list  # the decoder's state, (A * K, ...) rows, photo-major
+    tokens: tf.Tensor  # (A, K) each beam's last word
+    alive: tf.Tensor  # (A, K) log P of the live beams
+    sequences: tf.Tensor  # (A, K, L) their words so far
+    best_score: tf.Tensor  # (A,) the best finished hypothesis, normalized; -1e9 while none
+    best_sequence: tf.Tensor  # (A, L) its words and <end>
+
+
+def _compact(beams: _Beams, parent_rows, keep) -> _Beams:
+    """The rows `keep` (A',) of the photos that go on, in every tensor of `beams`.
+
+    beams.state is still in the order of the step before; `parent_rows` (A, K) names the row
+    of it each new beam continues, so one gather both reorders the state and drops finished
+    photos.
+    """
+    import tensorflow as tf
+
+    rows = tf.reshape(tf.gather(parent_rows, keep), [-1])  # (A' * K,)
+    return _Beams(
+        photo=tf.gather(beams.photo, keep),
+        state=[tf.ensure_shape(tf.gather(s, rows), s.shape) for s in beams.state],
+        tokens=tf.gather(beams.tokens, keep),
+        alive=tf.gather(beams.alive, keep),
+        sequences=tf.gather(beams.sequences, keep),
+        best_score=tf.gather(beams.best_score, keep),
+        best_sequence=tf.gather(beams.best_sequence, keep),
+    )
+
+
+def _rows_may_shrink(loop_vars):
+    """Shape invariants for a while loop whose tensors lose rows: the first axis varies."""
+    import tensorflow as tf
+
+    def invariant(x):
+        return tf.TensorShape([None, *x.shape[1:]]) if x.shape.rank else x.shape
+
+    return tf.nest.map_structure(invariant, loop_vars)
+
+
+def _where(mask):
+    """The indices (N,) int32 where the boolean vector `mask` is true."""
+    import tensorflow as tf
+
+    return tf.cast(tf.where(mask)[:, 0], tf.int32)
+
+
+class _BeamSearch:
+    """Beam search of width K up to L words, over a batch of photos; `run` is graph code.
+
+    Each photo searches until its answer is known: its best finished hypothesis scores at
+    least `hope`, its best live beam's log P normalized by (L + 1) ** length_penalty. No later
+    hypothesis can then replace it: log P only falls as words are added, and a log P <= 0
+    divided by a length ** penalty of at most L (penalty >= 0) is at most `hope`, while only a
+    strictly higher score replaces the best. So a photo's answer is the one it would get by
+    searching on to max_length, whatever the other photos of the batch still do. A photo for
+    which nothing finished keeps best = -1e9 below its hope (unless every live beam went through
+    about (L + 1) ** penalty banned words), so it reaches max_length and falls back on its best
+    live beam there, as before.
+    """
+
+    def __init__(self, steps, vocabulary_size, beam_size, max_length, length_penalty,
+                 no_repeat_ngram, suppress_unk):  # fmt: skip
+        self.steps, self.V, self.K, self.L = steps, vocabulary_size, beam_size, max_length
+        self.alpha, self.no_repeat_ngram = float(length_penalty), no_repeat_ngram
+        self.banned, self.banned_first = _banned_masks(vocabulary_size, suppress_unk)
+
+    def normalize(self, log_p, length):
+        """log P / length ** length_penalty: what hypotheses are ranked by."""
+        import tensorflow as tf
+
+        return log_p / tf.pow(tf.cast(length, tf.float32), self.alpha)
+
+    def run(self, features):
+        """features (B, D) -> ids (B, L), <pad> after <end>, and scores (B,)."""
+        import tensorflow as tf
+
+        B = tf.shape(features)[0]
+        answers = (tf.zeros([B, self.L], tf.int32), tf.zeros([B]))  # filled as photos finish
+        # The first word from one beam per photo, the next ones from K: two graphs of a step.
+        loop_vars = self._step(tf.constant(0), self._start(features), answers)
+        # Until no photo is left: at max_length (step L - 1) every photo is done.
+        _, _, (ids, scores) = tf.while_loop(
+            lambda t, beams, answers: tf.size(beams.photo) > 0,
+            self._step,
+            loop_vars,
+            shape_invariants=_rows_may_shrink(loop_vars),
+            maximum_iterations=self.L,
+        )
+        return ids, scores
+
+    def _start(self, features) -> _Beams:
+        """One beam per photo, from its image: the K beams of the first step would be one.
+        With fewer words than beams (top K of W * V needs W * V >= K), K beams, all but one
+        at -1e9, which the first step chooses only once the words run out."""
+        import tensorflow as tf
+
+        B, W = tf.shape(features)[0], 1 if self.K <= self.V else self.K
+        return _Beams(
+            photo=tf.range(B),
+            state=[tf.repeat(s, W, axis=0) for s in self.steps.initial_state(features)],
+            tokens=tf.fill([B, W], START_ID),
+            alive=tf.tile(tf.constant([[0.0] + [_NEG_INF] * (W - 1)]), [B, 1]),
+            sequences=tf.zeros([B, W, self.L], tf.int32),
+            best_score=tf.fill([B], float(_NEG_INF)),
+            best_sequence=tf.zeros([B, self.L], tf.int32),
+        )
+
+    def _step(self, t, beams: _Beams, answers):
+        """Word t for every photo still searching; those whose answer is now known leave."""
+        import tensorflow as tf
+
+        candidates, state = self._candidates(t, beams)  # (A, K, V)
+        # 1. Hypotheses that end here replace the finished one they beat.
+        ended, sequence = _best_ending_now(
+            self.normalize(candidates[:, :, END_ID], t + 1), beams.sequences, t
+        )
+        better = ended > beams.best_score
+        best_score = tf.where(better, ended, beams.best_score)
+        best_sequence = tf.where(better[:, None], sequence, beams.best_sequence)
+        # 2. Hypotheses that go on (the state is reordered to them by _compact).
+        alive, sequences, parent, tokens = _go_on(candidates, beams.sequences, t, self.K)
+        width = beams.tokens.shape[1]  # beams per photo in `state`: 1 at the first step, then K
+        parent_rows = parent + tf.range(tf.shape(parent)[0])[:, None] * width
+        beams = _Beams(beams.photo, state, tokens, alive, sequences, best_score, best_sequence)
+        # 3. A photo is done when no live beam can beat its finished one, or at max_length.
+        hope = self.normalize(tf.reduce_max(alive, axis=1), self.L + 1)
+        done = (best_score >= hope) | (t == self.L - 1)
+        answers = self._answer(beams, _where(done), answers)
+        return t + 1, _compact(beams, parent_rows, _where(~done)), answers
+
+    def _candidates(self, t, beams: _Beams):
+        """log P of each beam followed by each word (A, K, V), and the decoder's next state."""
+        import tensorflow as tf
+
+        log_probs, state = self.steps.step(tf.reshape(beams.tokens, [-1]), beams.state)
+        log_probs += tf.where(t == 0, self.banned_first, self.banned)
+        log_probs = tf.reshape(log_probs, [-1, beams.tokens.shape[1], self.V])
+        if self.no_repeat_ngram > 1:
+            log_probs = _ban_repeated_ngrams(log_probs, beams.sequences, t, self.no_repeat_ngram)
+        return beams.alive[:, :, None] + log_probs, state
+
+    def _answer(self, beams: _Beams, done, answers):
+        """Writes the answers of the rows `done` into (ids (B, L), scores (B,)): the best
+        finished hypothesis, or when none finished (a model that never says <end>) the best
+        live beam, scored as if it ended at max_length."""
+        import tensorflow as tf
+
+        alive = tf.gather(beams.alive, done)
+        best_score = tf.gather(beams.best_score, done)
+        live = tf.gather(tf.gather(beams.sequences, done), tf.argmax(alive, 1), batch_dims=1)
+        none_finished = best_score <= _NEG_INF / 2
+        sequence = tf.where(none_finished[:, None], live, tf.gather(beams.best_sequence, done))
+        live_score = self.normalize(tf.reduce_max(alive, axis=1), self.L)
+        score = tf.where(none_finished, live_score, best_score)
+        ids, scores = answers
+        at = tf.gather(beams.photo, done)[:, None]  # their rows in the batch
+        return (
+            tf.tensor_scatter_nd_update(ids, at, sequence),
+            tf.tensor_scatter_nd_update(scores, at, score),
+        )
 
 
 def make_beam_search(
@@ -194,52 +371,11 @@ def make_beam_search(
     """Returns a compiled f(features (B, D)) -> (ids (B, max_length), scores (B,))."""
     import tensorflow as tf
 
-    K, V, L = beam_size, vocabulary_size, max_length
-    banned, banned_first = _banned_masks(V, suppress_unk)
-    alpha = float(length_penalty)
-
-    def normalize(scores, length):
-        return scores / tf.pow(tf.cast(length, tf.float32), alpha)
-
-    @tf.function(input_signature=_features_signature())
-    def beam(features):
-        B = tf.shape(features)[0]
-        # Every beam of an image starts from the image's state: (B*K, ...) rows, image-major.
-        state = [tf.repeat(s, K, axis=0) for s in steps.initial_state(features)]
-        tokens = tf.fill([B * K], START_ID)
-        alive = tf.tile(tf.constant([[0.0] + [_NEG_INF] * (K - 1)]), [B, 1])  # (B, K) log P
-        sequences = tf.zeros([B, K, L], tf.int32)
-        best_score = tf.fill([B], float(_NEG_INF))  # best finished, normalized
-        best_sequence = tf.zeros([B, L], tf.int32)
-        for t in tf.range(L):
-            log_probs, state = steps.step(tokens, state)
-            mask = banned_first if t == 0 else banned
-            log_probs = tf.reshape(log_probs + mask, [B, K, V])
-            if no_repeat_ngram > 1:
-                log_probs = _ban_repeated_ngrams(log_probs, sequences, t, no_repeat_ngram)
-            candidates = alive[:, :, None] + log_probs  # (B, K, V)
-            # 1. Hypotheses that end here replace the finished one they beat.
-            ended = normalize(candidates[:, :, END_ID], t + 1)
-            ended_best, ended_sequence = _best_ending_now(ended, sequences, t)
-            better = ended_best > best_score
-            best_score = tf.where(better, ended_best, best_score)
-            best_sequence = tf.where(better[:, None], ended_sequence, best_sequence)
-            # 2. Hypotheses that go on.
-            alive, sequences, state, tokens = _go_on(candidates, sequences, state, t)
-            # 3. Stop when no live beam can still beat the finished one at any length.
-            hope = normalize(tf.reduce_max(alive, axis=1), L + 1)
-            if tf.reduce_all(best_score >= hope):
-                break
-        # No hypothesis finished (e.g. a model that never says <end>): take the best live one.
-        live_best = tf.argmax(alive, axis=1, output_type=tf.int32)
-        live_score = normalize(tf.reduce_max(alive, axis=1), L)
-        none_finished = best_score <= _NEG_INF / 2
-        best_sequence = tf.where(
-            none_finished[:, None], tf.gather(sequences, live_best, batch_dims=1), best_sequence
-        )
-        return best_sequence, tf.where(none_finished, live_score, best_score)
-
-    return beam
+    search = _BeamSearch(
+        steps, vocabulary_size, beam_size, max_length, length_penalty, no_repeat_ngram,
+        suppress_unk,
+    )  # fmt: skip
+    return tf.function(search.run, input_signature=_features_signature())
 
 
 def make_decoder(steps, vocabulary_size: int, config, batch_size: int = 512, scores=False):

@@ -12,6 +12,7 @@ caption `captioner caption FOLDER --output captions.jsonl` with the shipped mode
         of the same photos with the same encoder (whole commands both, model start included).
 
   python scripts/bench_scale.py                  # ../shared/flickr8k, its Lite1 cache
+  python scripts/bench_scale.py --scales         # captioning only (--photos alone: training)
 """
 
 from __future__ import annotations
@@ -150,15 +151,20 @@ def photo_folder(data: str, count: int, folder: Path) -> Path:
     return temporary_dataset(dataset, sorted(dataset.captions)[:count], folder / f"photos-{count}")
 
 
+CAPTIONER = [sys.executable, "-m", "captioner"]
+
+
 def bench_caption(data: str, counts: list[int], folder: Path) -> list[dict]:
     rows = []
     for count in counts:
         photos = photo_folder(data, count, folder)
         output = folder / f"captions-{count}.jsonl"
-        caption = ["captioner", "caption", str(photos / "Images"), "--output", str(output),
+        # `python -m captioner`, not the `captioner` script: run from a checkout (or with
+        # PYTHONPATH), that checkout's code is measured, whichever one the venv installed.
+        caption = [*CAPTIONER, "caption", str(photos / "Images"), "--output", str(output),
                    "--no-progress"]  # fmt: skip
         seconds, rss = measure_command(caption)
-        extract = ["captioner", "extract", "--data", str(photos), "--encoder",
+        extract = [*CAPTIONER, "extract", "--data", str(photos), "--encoder",
                    "efficientnet_lite1", "--features", str(folder / f"cache-{count}"),
                    "--no-progress"]  # fmt: skip
         extract_seconds, extract_rss = measure_command(extract)
@@ -175,7 +181,8 @@ def main():
     )
     parser.add_argument("--data", default="../shared/flickr8k")
     parser.add_argument("--features", default="data/flickr8k-efficientnet_lite1")
-    parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--scales", type=int, nargs="*", default=[1, 4, 16],
+                        help="training-set scales to train at; none: skip training")  # fmt: skip
     parser.add_argument("--steps", type=int, default=60, help="training steps per scale")
     parser.add_argument("--photos", type=int, nargs="*", default=[500, 5000],
                         help="photo counts for `caption --output`; none: skip it")  # fmt: skip
@@ -202,6 +209,13 @@ def main():
 
 
 def report(train_rows: list[dict], caption_rows: list[dict], steps: int) -> None:
+    if train_rows:
+        report_training(train_rows, steps)
+    if caption_rows:
+        report_captioning(caption_rows)
+
+
+def report_training(train_rows: list[dict], steps: int) -> None:
     print(f"\ntraining, {steps} steps of 64 captions per scale ({os.cpu_count()} CPUs)")
     print("scale  captions  features  s/1000 captions  peak RSS   cache")
     for row in train_rows:
@@ -213,15 +227,17 @@ def report(train_rows: list[dict], caption_rows: list[dict], steps: int) -> None
           f"{last['seconds_per_1000'] / first['seconds_per_1000']:.2f}")  # fmt: skip
     print(f"peak RSS {last['scale']}x - cache size: "
           f"{(last['peak_rss_mb'] - last['cache_mb']) / 1024:.2f} GB")  # fmt: skip
-    if caption_rows:
-        print("\nphotos  caption photos/s  peak RSS   extract photos/s  peak RSS  caption/extract")
-        for row in caption_rows:
-            print(f"{row['photos']:6}  {row['photos_per_s']:16.1f}  {row['peak_rss_mb']:5.0f} MB"
-                  f"  {row['extract_photos_per_s']:16.1f}  {row['extract_peak_rss_mb']:5.0f} MB"
-                  f"  {row['photos_per_s'] / row['extract_photos_per_s']:15.2f}")  # fmt: skip
-        small, large = caption_rows[0], caption_rows[-1]
-        print(f"caption peak RSS {large['photos']} / {small['photos']} photos: "
-              f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f}")  # fmt: skip
+
+
+def report_captioning(caption_rows: list[dict]) -> None:
+    print("\nphotos  caption photos/s  peak RSS   extract photos/s  peak RSS  caption/extract")
+    for row in caption_rows:
+        print(f"{row['photos']:6}  {row['photos_per_s']:16.1f}  {row['peak_rss_mb']:5.0f} MB"
+              f"  {row['extract_photos_per_s']:16.1f}  {row['extract_peak_rss_mb']:5.0f} MB"
+              f"  {row['photos_per_s'] / row['extract_photos_per_s']:15.2f}")  # fmt: skip
+    small, large = caption_rows[0], caption_rows[-1]
+    print(f"caption peak RSS {large['photos']} / {small['photos']} photos: "
+          f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

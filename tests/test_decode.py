@@ -7,10 +7,22 @@ import pytest
 
 from captioner.config import DecodeConfig, ModelConfig
 from captioner.decode import make_beam_search, make_decoder, make_greedy_search
-from captioner.text import END_ID, START_ID
+from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID
 
 A, B, C = 4, 5, 6  # word ids after the four special tokens
 V = 7
+
+
+def log_bigrams(table: dict[int, dict[int, float]], size: int, never_ends: bool = False):
+    """log P(next | previous word) (size, size) float32: `table`'s entries, 1e-9 elsewhere."""
+    probabilities = np.full((size, size), 1e-9)
+    if never_ends:
+        probabilities[:, END_ID] = 0.0  # log 0 = -inf: <end> is impossible
+    for previous, following in table.items():
+        for word, p in following.items():
+            probabilities[previous, word] = p
+    with np.errstate(divide="ignore"):
+        return np.log(probabilities).astype(np.float32)
 
 
 class BigramSteps:
@@ -19,14 +31,7 @@ class BigramSteps:
     def __init__(self, table: dict[int, dict[int, float]], never_ends: bool = False):
         import tensorflow as tf
 
-        probabilities = np.full((V, V), 1e-9)
-        if never_ends:
-            probabilities[:, END_ID] = 0.0  # log 0 = -inf: <end> is impossible
-        for previous, following in table.items():
-            for word, p in following.items():
-                probabilities[previous, word] = p
-        with np.errstate(divide="ignore"):
-            self.log_table = tf.constant(np.log(probabilities), tf.float32)
+        self.log_table = tf.constant(log_bigrams(table, V, never_ends))
 
     def initial_state(self, features):
         return [features]
@@ -52,6 +57,12 @@ def test_beam_finds_the_more_probable_caption_that_greedy_misses():
     greedy = make_greedy_search(steps, V, max_length=5)(FEATURES).numpy()
     assert list(greedy[0]) == [A, END_ID, 0, 0, 0]
     ids, scores = make_beam_search(steps, V, beam_size=2, max_length=5)(FEATURES)
+    assert list(ids.numpy()[0]) == [B, END_ID, 0, 0, 0]
+    assert scores.numpy()[0] == pytest.approx(np.log(0.36) / 2**0.7, rel=1e-5)
+
+
+def test_a_beam_wider_than_the_vocabulary_finds_the_same_caption():
+    ids, scores = make_beam_search(BigramSteps(TRAP), V, beam_size=V + 2, max_length=5)(FEATURES)
     assert list(ids.numpy()[0]) == [B, END_ID, 0, 0, 0]
     assert scores.numpy()[0] == pytest.approx(np.log(0.36) / 2**0.7, rel=1e-5)
 
@@ -170,3 +181,167 @@ def test_sampler_draws_words_as_often_as_the_model_says_and_repeats_with_its_see
     assert (ids[~first_a] == [B, C, END_ID, 0]).all()
     assert (sample(FEATURES, tf.constant([0, 1])).numpy() == ids).all()
     assert (sample(FEATURES, tf.constant([0, 2])).numpy() != ids).any()
+
+
+# Beam search drops each photo from its working set as soon as the photo's answer is known.
+# These photos each have their own bigram table, so that one batch holds photos that finish
+# after a word, after several, or never (<end> impossible: the answer is the best live beam).
+W = 12  # vocabulary: the four special tokens and words 4..11
+MAX = 12
+CHAIN = {START_ID: {4: 0.9, 5: 0.1}} | {w: {w + 1: 0.9, END_ID: 0.01} for w in range(4, 10)}
+PHOTO_TABLES = [
+    log_bigrams({START_ID: {A: 0.9, B: 0.1}, A: {END_ID: 0.95}, B: {END_ID: 0.9}}, W),
+    log_bigrams(CHAIN | {10: {END_ID: 0.9}}, W),  # 7 words, then <end>
+    log_bigrams(
+        {START_ID: {A: 0.6, B: 0.4}, A: {B: 0.7, C: 0.3}, B: {A: 0.8, C: 0.2}, C: {A: 1.0}},
+        W,
+        never_ends=True,
+    ),
+    # "a <end>" (P 0.27) finishes first; "b c <end>" (0.252) scores higher per word and wins.
+    log_bigrams(
+        {
+            START_ID: {A: 0.3, B: 0.7},
+            A: {END_ID: 0.9, C: 0.1},
+            B: {C: 0.4, END_ID: 0.1},
+            C: {END_ID: 0.9, A: 0.1},
+        },
+        W,
+    ),
+    # "a b a b ...": the longer the better per word, up to max_length, unless n-grams are banned.
+    log_bigrams(
+        {START_ID: {A: 0.9, B: 0.1}, A: {B: 0.9, END_ID: 0.1}, B: {A: 0.9, END_ID: 0.1}}, W
+    ),
+]
+# "a <end>" (P 0.21) finishes at once and scores -0.96; "b" (0.12) is then below any bound a
+# search might draw from lengths it has seen, but near-certain words and <end> follow it:
+# "b 6 7 8 9 10 11 <end>" scores -0.51 and wins, at step 8.
+LATE = {START_ID: {A: 0.7, B: 0.12}, A: {END_ID: 0.3}, 11: {END_ID: 0.99}}
+PHOTO_TABLES.append(log_bigrams(LATE | {w: {w + 1: 0.99} for w in range(B, 11)}, W))
+# Random tables, <end> from rare to common: captions of many lengths, near ties between beams.
+for seed, end in enumerate([0.01, 0.05, 0.2, 1.0, 3.0, 10.0]):
+    table = np.random.default_rng(seed).dirichlet(np.full(W, 0.4), W)
+    table[:, END_ID] = np.minimum(1.0, table[:, END_ID] * end)
+    PHOTO_TABLES.append(np.log(table).astype(np.float32))
+
+
+class PhotoSteps:
+    """A bigram table per photo: features (B, 1) hold the number of the photo's table. Counts
+    the decoder rows it runs, in a variable that graph code adds to."""
+
+    def __init__(self, log_tables):
+        import tensorflow as tf
+
+        self.log_tables = tf.constant(np.stack(log_tables))
+        self.rows = tf.Variable(0)
+
+    def initial_state(self, features):
+        import tensorflow as tf
+
+        return [tf.cast(features[:, 0], tf.int32)]
+
+    def step(self, tokens, state):
+        import tensorflow as tf
+
+        self.rows.assign_add(tf.size(tokens))
+        return tf.gather_nd(self.log_tables, tf.stack([state[0], tokens], axis=1)), state
+
+
+def searched_to_max_length(log_table, beam_size, max_length, alpha, no_repeat_ngram):
+    """One photo's beam search in plain numpy, every step up to max_length with no early stop:
+    (ids (max_length,), score). Ties go to the lower index, as in tf.math.top_k and argmax."""
+    K, L, size = beam_size, max_length, len(log_table)
+    banned = np.zeros(size, np.float32)
+    banned[[PAD_ID, START_ID, UNK_ID]] = -1e9
+    banned_first = banned + np.where(np.arange(size) == END_ID, np.float32(-1e9), 0)
+    alive = np.array([0.0] + [-1e9] * (K - 1), np.float32)
+    sequences, tokens = np.zeros((K, L), np.int32), np.full(K, START_ID)
+    best, best_sequence = np.float32(-1e9), np.zeros(L, np.int32)
+    for t in range(L):
+        log_probs = log_table[tokens] + (banned_first if t == 0 else banned)
+        for k in range(K):
+            log_probs[k, repeated_ngram_ends(sequences[k, :t], no_repeat_ngram)] = -1e9
+        candidates = alive[:, None] + log_probs
+        ended = candidates[:, END_ID] / np.float32(t + 1) ** np.float32(alpha)
+        if ended.max() > best:
+            best, best_sequence = ended.max(), sequences[ended.argmax()].copy()
+            best_sequence[t] = END_ID
+        candidates[:, END_ID] = -1e9
+        chosen = np.argsort(-candidates.ravel(), kind="stable")[:K]
+        alive, (parent, tokens) = candidates.ravel()[chosen], divmod(chosen, size)
+        sequences = sequences[parent]
+        sequences[:, t] = tokens
+    if best > -5e8:
+        return best_sequence, best
+    return sequences[alive.argmax()], alive.max() / np.float32(L) ** np.float32(alpha)
+
+
+def repeated_ngram_ends(words, n):
+    """The words that would repeat an n-gram of `words` if they came next (none if n < 2)."""
+    if n < 2 or len(words) < n - 1:
+        return []
+    last = list(words[len(words) - n + 1 :])
+    return [
+        words[j + n - 1] for j in range(len(words) - n + 1) if list(words[j : j + n - 1]) == last
+    ]
+
+
+@pytest.mark.parametrize("no_repeat_ngram", [0, 2, 3])
+def test_each_photo_gets_the_answer_of_a_search_run_to_max_length(no_repeat_ngram):
+    """Stopping a photo early changes nothing: the batch answers what numpy finds searching
+    every photo to max_length, and each photo alone what it does in the batch, bit for bit."""
+    search = make_beam_search(PhotoSteps(PHOTO_TABLES), W, 3, MAX, 0.7, no_repeat_ngram)
+    photos = np.arange(len(PHOTO_TABLES), dtype=np.float32)[:, None]
+    ids, scores = (x.numpy() for x in search(photos))
+    for photo, log_table in enumerate(PHOTO_TABLES):
+        expected = searched_to_max_length(log_table, 3, MAX, 0.7, no_repeat_ngram)
+        assert list(ids[photo]) == list(expected[0]), photo
+        assert scores[photo] == pytest.approx(expected[1], rel=1e-6, abs=1e-6), photo
+        alone_ids, alone_score = (x.numpy()[0] for x in search(photos[photo : photo + 1]))
+        assert list(alone_ids) == list(ids[photo]) and alone_score == scores[photo]
+    lengths = (ids != 0).sum(axis=1)  # words, and <end> if it came
+    assert lengths.min() == 2 and lengths.max() == MAX and len(set(lengths)) >= 4
+    assert END_ID not in ids[2] and 0 not in ids[2]  # never ends: its best live beam
+
+
+def test_finished_photos_leave_the_working_set():
+    """A batch runs the decoder on as many rows as its photos alone: the photo that runs to
+    max_length does not keep the others' beams decoding."""
+    steps = PhotoSteps(PHOTO_TABLES)
+    search = make_beam_search(steps, W, 3, MAX, 0.7)
+    photos = np.arange(len(PHOTO_TABLES), dtype=np.float32)[:, None]
+    alone = []
+    for photo in photos:
+        steps.rows.assign(0)
+        search(photo[None])
+        alone.append(int(steps.rows.numpy()))
+    steps.rows.assign(0)
+    search(photos)
+    assert int(steps.rows.numpy()) == sum(alone)
+    # One row per photo for the first word, K = 3 after; "a <end>" is done at the second word.
+    assert max(alone) == 1 + 3 * (MAX - 1) and min(alone) == 1 + 3
+
+
+@pytest.mark.parametrize("decoder", ["lstm", "attention"])
+def test_beam_scores_are_the_models_own_probabilities_of_its_captions(decoder):
+    """The decoder state follows each beam as beams change parents and photos leave the batch:
+    each caption's score is log P / length ** 0.7 by the whole-sequence model."""
+    import keras
+
+    from captioner.model import DecoderSteps, build_decoder
+
+    keras.utils.set_random_seed(3)
+    config = ModelConfig(8, 16, 0.0, False, decoder, attention_dim=8)
+    model = build_decoder(config, 30, 12, cells=4 if decoder == "attention" else 0)
+    kernel = model.get_layer("logits").kernel  # sharper: captions of many lengths
+    kernel.assign(kernel.numpy() * 8)
+    features = np.random.RandomState(2).normal(size=(16, 12)).astype(np.float32) * 3
+    ids, scores = make_beam_search(DecoderSteps(model), 30, 3, 10, 0.7)(features)
+    lengths = []
+    for vector, row, score in zip(features, ids.numpy(), scores.numpy()):
+        words = [int(w) for w in row if w != 0]  # and <end>, unless it ran to max_length
+        logits = model([vector[None], np.array([[START_ID, *words[:-1]]])], training=False)
+        logits = logits.numpy()[0].astype(np.float64)
+        log_p = logits[np.arange(len(words)), words] - np.log(np.exp(logits).sum(-1))
+        assert score == pytest.approx(log_p.sum() / len(words) ** 0.7, rel=1e-4)
+        lengths.append(len(words))
+    assert len(set(lengths)) >= 3
