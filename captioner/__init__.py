@@ -7,11 +7,11 @@ The Python API (TensorFlow is imported when a model is loaded, not by `import ca
 
 The stages, each one function (TensorFlow is imported only when a stage runs):
 
-    from captioner.features import extract_features   # images -> cached feature vectors
-    from captioner.train import train                  # features + captions -> run directory
-    from captioner.caption import caption_images       # run directory + photos -> captions
-    from captioner.caption import caption_to_file      # ... -> a resumable captions file
-    from captioner.evaluate import evaluate            # run directory + split -> BLEU, CIDEr-D
+    from captioner.features.extract import extract_features  # photos -> cached feature vectors
+    from captioner.training.train import train                # features + captions -> a run
+    from captioner.inference.caption import caption_images    # a run + photos -> captions
+    from captioner.inference.caption import caption_to_file   # ... -> a resumable captions file
+    from captioner.inference.evaluate import evaluate         # a run + split -> BLEU, CIDEr-D
 """
 
 __version__ = "0.1.0"
@@ -21,7 +21,7 @@ __all__ = ["Captioner", "__version__"]
 def __getattr__(name: str):
     # Imported on first use: `import captioner` (and so `captioner --help`) stays instant.
     if name == "Captioner":
-        from captioner.api import Captioner
+        from captioner.inference.api import Captioner
 
         return Captioner
     raise AttributeError(f"module 'captioner' has no attribute {name!r}")

@@ -92,7 +92,7 @@ def _load(config_path, assignments, **sections):
 
 def _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngram):
     """The runs (read once) and their decoding settings with the command line's on top."""
-    from captioner.rundir import load_runs
+    from captioner.model.rundir import load_runs
 
     runs = load_runs(run_dirs)
     decode = runs[0].decoding(
@@ -167,15 +167,15 @@ def extract(data, encoder, weights, features, batch_size, mirror, grid, shard, p
     \b
       captioner extract --data ../flickr8k --encoder efficientnet_lite0
     """
-    from captioner.features import extract_features
-    from captioner.store import default_cache_path
+    from captioner.features.extract import extract_features
+    from captioner.features.store import default_cache_path
 
     config = _load(
         config_path,
         assignments,
         encoder={"name": encoder, "weights": weights, "batch_size": batch_size},
     )
-    from captioner.shards import parse_shard
+    from captioner.data.shards import parse_shard
 
     cache = features or default_cache_path(data, config.encoder.name, mirror, grid, legacy=False)
     summary = extract_features(
@@ -261,9 +261,9 @@ def train(
       captioner train --data ../flickr8k --encoder efficientnet_lite0 --epochs 20
       captioner train --resume runs/flickr8k-efficientnet_lite0   # after a crash or kill
     """
-    from captioner.store import default_cache_path
-    from captioner.train import resume_training
-    from captioner.train import train as train_decoder
+    from captioner.features.store import default_cache_path
+    from captioner.training.train import resume_training
+    from captioner.training.train import train as train_decoder
 
     given = [data, encoder, features, mirrored_features, run_dir, epochs, batch_size,
              learning_rate, seed, strategy, config_path, *assignments]  # fmt: skip
@@ -324,7 +324,7 @@ def finetune(source_run, run_dir, data, features, epochs, learning_rate, seed, p
     \b
       captioner finetune --run runs/flickr8k-seed0 --run-dir runs/flickr8k-seed0-scst
     """
-    from captioner.finetune import finetune as finetune_run
+    from captioner.training.scst import finetune as finetune_run
 
     config = _load(
         config_path,
@@ -373,7 +373,7 @@ def finetune_encoder(source_run, run_dir, data, epochs, learning_rate, encoder_l
       captioner finetune-encoder --run runs/flickr8k-seed0 --run-dir runs/flickr8k-seed0-cnn \\
           --data ../flickr8k
     """
-    from captioner.finetune_encoder import finetune_encoder as finetune_run
+    from captioner.training.encoder_finetune import finetune_encoder as finetune_run
 
     settings = {"epochs": epochs, "learning_rate": learning_rate, "seed": seed,
                 "encoder_learning_rate": encoder_learning_rate, "batch_size": batch_size,
@@ -433,7 +433,7 @@ def caption(images, run_dirs, output, shard, decode_batch, progress, save, beam,
       captioner caption archive/ --output captions.jsonl
       captioner caption archive/ --output captions-2.csv --shard 2/4
     """
-    from captioner.shards import parse_shard
+    from captioner.data.shards import parse_shard
 
     shard = parse_shard(shard)
     runs, decode = _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngram)
@@ -441,7 +441,7 @@ def caption(images, run_dirs, output, shard, decode_batch, progress, save, beam,
     if output:
         _caption_to_file(runs, images, output, decode, shard, progress, save, batch)
         return
-    from captioner.caption import stream_captions
+    from captioner.inference.caption import stream_captions
 
     failures = 0
     for result in stream_captions(
@@ -453,7 +453,7 @@ def caption(images, run_dirs, output, shard, decode_batch, progress, save, beam,
         else:
             click.echo(f"{result.path}\t{result.caption}")
             if save:
-                from captioner.report import draw_caption
+                from captioner.inference.report import draw_caption
 
                 output = Path(save)
                 if len(images) > 1 or Path(images[0]).is_dir():
@@ -465,7 +465,7 @@ def caption(images, run_dirs, output, shard, decode_batch, progress, save, beam,
 
 def _caption_to_file(runs, images, output, decode, shard, progress, save, batch):
     """`caption --output`: one library call, then a summary and the unreadable photos."""
-    from captioner.caption import caption_to_file
+    from captioner.inference.caption import caption_to_file
 
     if save:
         raise click.ClickException("--save draws photos one at a time: use it without --output")
@@ -507,7 +507,7 @@ def evaluate(run_dirs, split, data, features, report, beam, max_length, length_p
       captioner evaluate --run runs/flickr8k-efficientnet_lite0 --beam 3
       captioner evaluate --run runs/flickr8k-efficientnet_lite0 --report report.html
     """
-    from captioner.evaluate import evaluate as evaluate_run
+    from captioner.inference.evaluate import evaluate as evaluate_run
 
     runs, decode = _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngram)
     result = evaluate_run(runs, split, decode, data, features)
@@ -520,7 +520,7 @@ def evaluate(run_dirs, split, data, features, report, beam, max_length, length_p
     click.echo("  ".join(f"{score:7.4f}" for score in result.scores.values()))
     click.echo(f"captions -> {result.captions_path}")
     if report:
-        from captioner.report import write_report
+        from captioner.inference.report import write_report
 
         click.echo(
             f"report -> {write_report(result, report, ', '.join(run_dirs) or 'reference model')}"
@@ -562,7 +562,7 @@ def _compact(value) -> str:
 @cli.command(context_settings=CONTEXT)
 def encoders():
     """List the image encoders by name, with input and feature sizes."""
-    from captioner.encoders import get_encoder, list_encoders
+    from captioner.features.encoders import get_encoder, list_encoders
 
     for name in list_encoders():
         spec = get_encoder(name)
@@ -573,7 +573,7 @@ def encoders():
 
 
 def serve_options(command):
-    """The server's limits and batching: captioner.serve.ServeSettings, same defaults."""
+    """The server's limits and batching: captioner.serving.app.ServeSettings, same defaults."""
     options = [
         ("--max-upload-mb", 20.0, click.FloatRange(0.001),
          "Largest request body, all photos together (MB = 10^6 bytes): 413 past it."),
@@ -611,7 +611,7 @@ def serve_command(run_dirs, host, port, max_upload_mb, max_files, max_megapixels
       captioner serve --run runs/flickr8k-seed0 --port 8080
       curl -F file=@photo.jpg 'http://127.0.0.1:8000/api/caption?beam=1'
     """
-    from captioner.serve import ServeSettings, serve
+    from captioner.serving.app import ServeSettings, serve
 
     settings = ServeSettings(max_upload_mb, max_files, max_megapixels, max_batch, batch_wait_ms)
     serve(run_dirs, host, port, settings)

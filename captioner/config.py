@@ -55,7 +55,7 @@ class ModelConfig:
     # gives the plain Show-and-Tell head, LSTM -> logits.
     hidden_layer: bool = True
     # "lstm": the image only starts the LSTM. "attention": each word also attends over the
-    # encoder's grid of cells (needs `captioner extract --grid`); see captioner.attention.
+    # encoder's grid of cells (needs `captioner extract --grid`); see captioner.model.attention.
     decoder: str = "lstm"
     attention_dim: int = 256  # width of the attention's scoring layer
 
@@ -97,11 +97,11 @@ class TrainConfig:
     jit_compile: bool = False
     # Where the split's features are during training: "memory" (copied in), "lazy" (read from
     # the cache batch by batch: a cache larger than RAM), or "auto": lazy for grids and for
-    # pooled caches over 256 MB (captioner.store.LAZY_BYTES).
+    # pooled caches over 256 MB (captioner.features.store.LAZY_BYTES).
     feature_reading: str = "auto"
     # "one" device, "mirrored" (every local GPU, or CAPTIONER_CPU_DEVICES logical CPUs) or
     # "multiworker" (the machines of TF_CONFIG); batch_size stays the global batch
-    # (captioner.distribute).
+    # (captioner.training.distribute).
     strategy: str = "one"
 
     def __post_init__(self):

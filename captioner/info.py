@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from captioner.errors import CacheError, CaptionerError
-from captioner.rundir import HISTORY_FILE, RUN_FILE, load_run, shipped_run_dir
-from captioner.store import STORE_FILE, find_shards, load_feature_cache, missing_shards
+from captioner.features.store import STORE_FILE, find_shards, load_feature_cache, missing_shards
+from captioner.model.rundir import HISTORY_FILE, RUN_FILE, load_run, shipped_run_dir
 
 
 def describe(path: str | Path | None = None) -> dict:
@@ -82,7 +82,7 @@ def describe_run(path: Path) -> dict:
 
 def _best_epoch(history: list[dict], select_by: str, info: dict) -> dict:
     """The epoch model.keras holds: by train.select_by, or by dev BLEU-4 for a fine-tuned run."""
-    from captioner.recorder import SELECT_MODE
+    from captioner.training.checkpoints import SELECT_MODE
 
     monitor = "val_bleu4" if "finetuned_from" in info else select_by
     scored = [row for row in history if monitor in row]

@@ -3,8 +3,9 @@
 In one run, on the first --images photos of the folder (sorted by name):
   pipeline  extract's pipeline for the run's encoder: threaded decoding overlapped with the
             compiled encoder (as scripts/bench_extract.py measures it), no captions;
-  caption   `captioner.caption.make_captioner` end to end (photos read, encoded, beam-searched
-            and captioned), once per --decode-batch, model built and compiled beforehand.
+  caption   `captioner.inference.caption.make_captioner` end to end (photos read, encoded,
+            beam-searched and captioned), once per --decode-batch, model built and compiled
+            beforehand.
 
 Rounds are interleaved and the best of each is kept: on a shared machine a busy spell slows
 whatever runs then. CPU milliseconds per photo (all threads) hardly depend on other load.
@@ -24,8 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def pipeline(run, paths, batch_size: int):
     """f() -> photos done by extract's pipeline (read on threads, encoded) for the run's encoder."""
-    from captioner.encoders import build_encoder, make_encode_function
-    from captioner.images import batches_of_images
+    from captioner.data.images import batches_of_images
+    from captioner.features.encoders import build_encoder, make_encode_function
 
     model = build_encoder(run.encoder.name, run.encoder.weights)
     encode = make_encode_function(model, batch_size)
@@ -42,7 +43,7 @@ def pipeline(run, paths, batch_size: int):
 
 def captioning(runs, photos, decode, batch_size: int, decode_batch: int):
     """f() -> photos captioned, all of `photos`; the model built and compiled beforehand."""
-    from captioner.caption import make_captioner
+    from captioner.inference.caption import make_captioner
 
     caption = make_captioner(runs, decode, batch_size, decode_batch)
     for _ in caption(photos[: max(batch_size, decode_batch)]):
@@ -66,8 +67,8 @@ def main():
     parser.add_argument("--beam", type=int, help="beam width [default: the run's]")
     args = parser.parse_args()
 
-    from captioner.images import find_photos
-    from captioner.rundir import load_runs
+    from captioner.data.images import find_photos
+    from captioner.model.rundir import load_runs
 
     runs = load_runs(args.run)
     run = runs[0]

@@ -36,11 +36,11 @@ def main():
     import numpy as np
 
     from captioner.config import DecodeConfig
-    from captioner.data import load_dataset
-    from captioner.decode import make_decoder
-    from captioner.model import DecoderSteps
-    from captioner.rundir import load_run, load_run_features
-    from captioner.text import END_ID, START_ID
+    from captioner.data.datasets import load_dataset
+    from captioner.data.text import END_ID, START_ID
+    from captioner.model.decoder import DecoderSteps
+    from captioner.model.rundir import load_run, load_run_features
+    from captioner.model.search import make_decoder
 
     run = load_run(args.run)
     names = load_dataset(args.data).splits[args.split]

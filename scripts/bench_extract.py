@@ -2,8 +2,8 @@
 
 In one run, on the same photos and the same encoder:
   bound     the encoder alone on photos already decoded into memory (compiled, batched);
-  pipeline  `captioner.features.extract_features` end to end (threaded decoding overlapped with
-            the CNN, cache writes included), on a temporary dataset of the same photos;
+  pipeline  `captioner.features.extract.extract_features` end to end (threaded decoding overlapped
+            with the CNN, cache writes included), on a temporary dataset of the same photos;
   seeds     the classic loop: open one photo, resize, `model.predict` on a batch of one.
 
     python scripts/bench_extract.py --data ../shared/flickr8k --images 512
@@ -46,10 +46,10 @@ def main():
     import numpy as np
 
     from captioner.config import EncoderConfig
-    from captioner.data import load_dataset
-    from captioner.encoders import build_encoder, get_encoder, make_encode_function
-    from captioner.features import extract_features
-    from captioner.images import batches_of_images, load_image
+    from captioner.data.datasets import load_dataset
+    from captioner.data.images import batches_of_images, load_image
+    from captioner.features.encoders import build_encoder, get_encoder, make_encode_function
+    from captioner.features.extract import extract_features
 
     spec = get_encoder(args.encoder)
     dataset = load_dataset(args.data)

@@ -37,16 +37,16 @@ def measure(mode: str, args) -> dict:
     import numpy as np
 
     from captioner.config import EncoderFinetuneConfig
-    from captioner.data import load_dataset
-    from captioner.encoders import get_encoder, make_encode_function
-    from captioner.finetune_encoder import (
+    from captioner.data.datasets import load_dataset
+    from captioner.data.images import batches_of_images
+    from captioner.features.encoders import get_encoder, make_encode_function
+    from captioner.model.rundir import load_run
+    from captioner.training.encoder_finetune import (
         TrainingEpochs,
         freeze_batch_norm,
         make_training_step,
         photo_captions,
     )
-    from captioner.images import batches_of_images
-    from captioner.rundir import load_run
 
     run = load_run(args.run)
     if args.encoder:  # another encoder of the same feature size: the run's decoder still fits
@@ -88,7 +88,7 @@ def measure(mode: str, args) -> dict:
 
 def _subset(split, start: int, stop: int):
     """Photos start..stop of a PhotoCaptions, with their captions."""
-    from captioner.finetune_encoder import PhotoCaptions
+    from captioner.training.encoder_finetune import PhotoCaptions
 
     rows = (split.image_rows >= start) & (split.image_rows < stop)
     first = split.first[start:stop] - split.first[start]

@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def build_scaled_cache(data: str, features: str, scale: int, folder: Path) -> Path:
     """Writes the synthetic cache (`scale` copies of the train split, renamed) part by part, so
     that building it holds one copy in memory at most; returns the cache folder."""
-    from captioner.data import load_dataset
-    from captioner.shards import Shard
-    from captioner.store import CacheWriter, load_feature_cache
+    from captioner.data.datasets import load_dataset
+    from captioner.data.shards import Shard
+    from captioner.features.store import CacheWriter, load_feature_cache
 
     dataset, cache = load_dataset(data), load_feature_cache(features)
     names = dataset.splits["train"]
@@ -54,7 +54,7 @@ def scaled_dataset(data: str, scale: int, seed: int = 0):
     """The Flickr8k dataset with its train split `scale` times over, captions resampled."""
     import random
 
-    from captioner.data import Dataset, load_dataset
+    from captioner.data.datasets import Dataset, load_dataset
 
     real = load_dataset(data)
     rng = random.Random(seed)
@@ -73,13 +73,13 @@ def run_training(data: str, cache_path: str, scale: int, steps: int) -> dict:
     """One scale, in this process: the real arrays, pipeline and model for `steps` steps."""
     import keras
 
-    from captioner.arrays import caption_arrays, cleaned_captions
-    from captioner.batches import make_batches
     from captioner.config import load_config
-    from captioner.model import build_decoder
-    from captioner.store import FeatureRows, load_feature_cache
-    from captioner.text import build_vocabulary
-    from captioner.train import compile_decoder
+    from captioner.data.arrays import caption_arrays, cleaned_captions
+    from captioner.data.text import build_vocabulary
+    from captioner.features.store import FeatureRows, load_feature_cache
+    from captioner.model.decoder import build_decoder
+    from captioner.training.pipeline import make_batches
+    from captioner.training.train import compile_decoder
 
     config = load_config(ROOT / "configs" / "flickr8k.toml")
     dataset, cache = scaled_dataset(data, scale), load_feature_cache(cache_path)
@@ -145,7 +145,7 @@ def photo_folder(data: str, count: int, folder: Path) -> Path:
     folder and `extract` the dataset, photos the same."""
     from bench_extract import temporary_dataset  # scripts/ is on the path when run as a script
 
-    from captioner.data import load_dataset
+    from captioner.data.datasets import load_dataset
 
     dataset = load_dataset(data)
     return temporary_dataset(dataset, sorted(dataset.captions)[:count], folder / f"photos-{count}")

@@ -161,7 +161,7 @@ def main():
     parser.add_argument("--max-seconds", type=float, default=600, help="per phase")
     args = parser.parse_args()
 
-    from captioner.data import load_dataset
+    from captioner.data.datasets import load_dataset
 
     dataset = load_dataset(args.data)
     paths = [dataset.image_path(name) for name in dataset.splits["test"]]

@@ -48,10 +48,10 @@ BATCH, SIZE = 64, 256
 
 
 def load(data: str, features: str, min_count: int):
-    from captioner.arrays import caption_arrays, references
-    from captioner.data import load_dataset
-    from captioner.store import load_feature_cache
-    from captioner.text import build_vocabulary
+    from captioner.data.arrays import caption_arrays, references
+    from captioner.data.datasets import load_dataset
+    from captioner.data.text import build_vocabulary
+    from captioner.features.store import load_feature_cache
 
     dataset = load_dataset(data)
     cache = load_feature_cache(features)
@@ -77,10 +77,10 @@ def run_ours(
 ) -> dict:
     import keras
 
-    from captioner.batches import make_batches
     from captioner.config import ModelConfig, TrainConfig
-    from captioner.model import build_decoder
-    from captioner.train import compile_decoder
+    from captioner.model.decoder import build_decoder
+    from captioner.training.pipeline import make_batches
+    from captioner.training.train import compile_decoder
 
     arrays, vocabulary_size = load(data, features, min_count)
     keras.utils.set_random_seed(0)
@@ -104,15 +104,15 @@ def run_ours(
 def run_mirrored(data: str, features: str) -> dict:
     """ours on 2 logical CPU devices under MirroredStrategy (set up before TensorFlow starts)."""
     os.environ["CAPTIONER_CPU_DEVICES"] = "2"
-    from captioner.distribute import make_strategy, replicas
+    from captioner.training.distribute import make_strategy, replicas
 
     strategy = make_strategy("mirrored")
     import keras
 
-    from captioner.batches import make_batches
     from captioner.config import ModelConfig, TrainConfig
-    from captioner.model import build_decoder
-    from captioner.train import compile_decoder
+    from captioner.model.decoder import build_decoder
+    from captioner.training.pipeline import make_batches
+    from captioner.training.train import compile_decoder
 
     arrays, vocabulary_size = load(data, features, 5)
     keras.utils.set_random_seed(0)

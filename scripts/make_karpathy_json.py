@@ -17,7 +17,7 @@ token file's caption; `tokens` are its lower-cased words with punctuation delete
 not exactly Karpathy's tokeniser (captioner reads only `raw`). Unless --no-link, `<out>/Images`
 becomes a symlink to the source's photo folder, so `<out>` is a dataset folder in the Karpathy
 layout without copying a photo. Do not write into the source folder itself: there the JSON
-would win over the token file (see captioner.data).
+would win over the token file (see captioner.data.datasets).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import json
 import string
 from pathlib import Path
 
-from captioner.data import read_split_file, read_token_file
+from captioner.data.datasets import read_split_file, read_token_file
 from captioner.errors import DataError
 from captioner.files import write_atomic
 

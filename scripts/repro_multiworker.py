@@ -3,14 +3,14 @@
 Two CPU worker processes on 127.0.0.1 train a one-layer model for two epochs:
 
     python scripts/repro_multiworker.py            # as released: both workers fail
-    python scripts/repro_multiworker.py --patched  # with captioner.distribute's two fixes
+    python scripts/repro_multiworker.py --patched  # with captioner.training.distribute's two fixes
 
 As released (Keras 3.15.1, TensorFlow 2.21.0, measured 2026-11-29) each worker fails with
 `ValueError: Attempt to convert a value (PerReplica:{...}) with an unsupported type` in
 `TensorFlowTrainer._maybe_symbolic_build`; with that fixed alone, with `Invalid reduction
 dimension 0 for input with 0 dimensions` in `reduce_per_replica` (tensorflow/tensorflow#72388,
 keras-team/keras#20585). Patched, both train and print the same losses. When a Keras release
-passes without --patched, `captioner.distribute._patch_keras_for_multiworker` can go.
+passes without --patched, `captioner.training.distribute._patch_keras_for_multiworker` can go.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def worker(patched: bool) -> None:
     import keras
 
     if patched:
-        from captioner.distribute import _patch_keras_for_multiworker
+        from captioner.training.distribute import _patch_keras_for_multiworker
 
         _patch_keras_for_multiworker(tf)
     x = np.random.default_rng(0).normal(size=(256, 4)).astype("float32")

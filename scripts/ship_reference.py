@@ -3,7 +3,7 @@
     python scripts/ship_reference.py --run runs/flickr8k --scores results/flickr8k.json
 
 Only what `caption` and `evaluate` need travels: the weights in float16 (weights.npz, written
-by captioner.rundir.save_weights_npz beside the code that reads it), vocabulary.json and
+by captioner.model.rundir.save_weights_npz beside the code that reads it), vocabulary.json and
 run.json. The run.json gains a `provenance` entry: the data, encoder, config, commit and
 measured scores.
 """
@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from captioner.rundir import (
+from captioner.model.rundir import (
     MODEL_FILE,
     RUN_FILE,
     VOCABULARY_FILE,

@@ -11,7 +11,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import pytest  # noqa: E402
 
 from captioner.config import EncoderConfig  # noqa: E402
-from captioner.encoders import _REGISTRY, register_encoder  # noqa: E402
+from captioner.features.encoders import _REGISTRY, register_encoder  # noqa: E402
 from tests import synthetic  # noqa: E402
 
 TINY_ENCODER = "tiny_test"

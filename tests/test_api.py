@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from captioner import Captioner, api
+from captioner import Captioner
 from captioner.cli import cli
 from captioner.errors import ConfigError, ImageError, RunError
+from captioner.inference import api
 from tests.conftest import CHELSEA, TINY_ENCODER
 from tests.test_end_to_end import TINY_MODEL
 

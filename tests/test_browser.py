@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.serve import create_app
+from captioner.serving.app import create_app
 from tests.conftest import CHELSEA
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")

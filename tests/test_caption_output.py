@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from captioner.caption_output import CaptionWriter, read_names
 from captioner.cli import cli
 from captioner.errors import DataError
+from captioner.inference.caption_files import CaptionWriter, read_names
 from tests import synthetic
 from tests.conftest import TINY_ENCODER
 
@@ -109,7 +109,7 @@ def test_the_file_holds_the_captions_stdout_shows(run_dir, photos, tmp_path, suf
 
 
 def test_the_library_streams_a_chunk_at_a_time(run_dir, photos):
-    from captioner.caption import caption_images, iter_captions, select_photos
+    from captioner.inference.caption import caption_images, iter_captions, select_photos
 
     chunks = iter_captions([run_dir], select_photos([photos]), decode_batch=16)
     assert [len(c) for c in chunks] == [16, 16, 8]  # encoder batches of 8, decoded 16 at a time
@@ -227,7 +227,7 @@ def test_bad_outputs_are_one_line_errors(tmp_path):
 
 
 def test_help_states_the_exit_status_and_the_default_decode_batch():
-    from captioner.caption import DECODE_BATCH
+    from captioner.inference.caption import DECODE_BATCH
 
     text = " ".join(invoke("caption", "--help").output.split())
     assert f"[default: {DECODE_BATCH}]" in text

@@ -6,7 +6,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from captioner.cli import cli
-from captioner.store import CacheInfo, write_feature_cache
+from captioner.features.store import CacheInfo, write_feature_cache
 from tests.conftest import TINY_ENCODER
 
 
@@ -89,8 +89,8 @@ def test_train_refuses_an_encoder_that_did_not_make_the_cache(flickr8k_data, tmp
 def test_an_ensemble_of_runs_with_different_vocabularies_is_refused(tmp_path):
     import shutil
 
-    from captioner.rundir import shipped_run_dir
-    from captioner.text import Vocabulary
+    from captioner.data.text import Vocabulary
+    from captioner.model.rundir import shipped_run_dir
 
     other = tmp_path / "other"
     shutil.copytree(shipped_run_dir(), other)

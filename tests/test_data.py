@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captioner.data import (
+from captioner.data.datasets import (
     kaggle_split,
     load_dataset,
     read_captions_csv,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from captioner.config import DecodeConfig, ModelConfig
-from captioner.decode import make_beam_search, make_decoder, make_greedy_search
-from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID
+from captioner.data.text import END_ID, PAD_ID, START_ID, UNK_ID
+from captioner.model.search import make_beam_search, make_decoder, make_greedy_search
 
 A, B, C = 4, 5, 6  # word ids after the four special tokens
 V = 7
@@ -116,7 +116,7 @@ def test_repeated_ngrams_can_be_blocked():
 def test_a_batch_gives_the_same_captions_as_each_image_alone(beam_size):
     import keras
 
-    from captioner.model import DecoderSteps, build_decoder
+    from captioner.model.decoder import DecoderSteps, build_decoder
 
     keras.utils.set_random_seed(1)
     model = build_decoder(ModelConfig(embedding_dim=8, units=16, dropout=0.0), 30, 12)
@@ -129,7 +129,7 @@ def test_a_batch_gives_the_same_captions_as_each_image_alone(beam_size):
 
 
 def test_an_ensemble_averages_the_members_probabilities():
-    from captioner.model import EnsembleSteps
+    from captioner.model.decoder import EnsembleSteps
 
     sure_a = BigramSteps({START_ID: {A: 0.9, B: 0.1}, A: {END_ID: 1.0}, B: {END_ID: 1.0}})
     sure_b = BigramSteps({START_ID: {A: 0.2, B: 0.8}, A: {END_ID: 1.0}, B: {END_ID: 1.0}})
@@ -147,7 +147,7 @@ def test_step_by_step_decoding_runs_the_trained_model_exactly(hidden_layer, deco
     """Greedy words fed back through the whole-sequence model are its arg-max at every step."""
     import keras
 
-    from captioner.model import DecoderSteps, build_decoder
+    from captioner.model.decoder import DecoderSteps, build_decoder
 
     keras.utils.set_random_seed(2)
     config = ModelConfig(8, 16, 0.0, hidden_layer, decoder, attention_dim=8)
@@ -167,7 +167,7 @@ def test_step_by_step_decoding_runs_the_trained_model_exactly(hidden_layer, deco
 def test_sampler_draws_words_as_often_as_the_model_says_and_repeats_with_its_seed():
     import tensorflow as tf
 
-    from captioner.decode import make_sampler
+    from captioner.model.search import make_sampler
 
     steps = BigramSteps(
         {START_ID: {A: 0.75, B: 0.25}, A: {END_ID: 1.0}, B: {C: 1.0}, C: {END_ID: 1.0}}
@@ -327,7 +327,7 @@ def test_beam_scores_are_the_models_own_probabilities_of_its_captions(decoder):
     each caption's score is log P / length ** 0.7 by the whole-sequence model."""
     import keras
 
-    from captioner.model import DecoderSteps, build_decoder
+    from captioner.model.decoder import DecoderSteps, build_decoder
 
     keras.utils.set_random_seed(3)
     config = ModelConfig(8, 16, 0.0, False, decoder, attention_dim=8)

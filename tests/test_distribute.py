@@ -58,7 +58,7 @@ def _close(a: list[float], b: list[float], tolerance: float) -> bool:
 @pytest.fixture(scope="module")
 def one_device(flickr8k_data, tmp_path_factory):
     """The tiny synthetic cache, and two epochs trained on one device."""
-    from captioner.features import extract_features
+    from captioner.features.extract import extract_features
 
     folder = tmp_path_factory.mktemp("distribute")
     extract_features(flickr8k_data, folder / "features", TINY, progress=False)

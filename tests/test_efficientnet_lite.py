@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner import efficientnet_lite as efl
-from captioner.efficientnet_lite import legacy_torch, weights
+from captioner.features import efficientnet_lite as efl
+from captioner.features.efficientnet_lite import legacy_torch, weights
 
 CAT_IMAGE = Path(__file__).parent / "data" / "chelsea.jpg"
 CAT_CLASSES = {281, 282, 285}  # ImageNet: tabby, tiger cat, Egyptian cat

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from captioner.encoders import build_encoder, get_encoder, list_encoders
 from captioner.errors import EncoderError
+from captioner.features.encoders import build_encoder, get_encoder, list_encoders
 
 
 @pytest.mark.parametrize("name", [n for n in list_encoders() if n != "tiny_test"])
@@ -39,7 +39,7 @@ def test_missing_weights_file():
 
 @pytest.mark.parametrize("name, side", [("efficientnet_lite0", 7), ("xception", 10)])
 def test_a_grid_encoder_keeps_the_cells_that_pooling_averages(name, side):
-    from captioner.encoders import grid_cells
+    from captioner.features.encoders import grid_cells
 
     spec = get_encoder(name)
     pooled, grid = build_encoder(name, "none"), build_encoder(name, "none", grid=True)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from captioner.errors import CacheError
-from captioner.features import extract_features
-from captioner.store import load_feature_cache, write_feature_cache
+from captioner.features.extract import extract_features
+from captioner.features.store import load_feature_cache, write_feature_cache
 from tests.conftest import TINY, TINY_16, TINY_ENCODER
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from captioner.config import Config, FinetuneConfig, ModelConfig, merge
-from captioner.finetune import (
+from captioner.data.text import END_ID, PAD_ID, START_ID
+from captioner.training.scst import (
     make_policy_gradient_step,
     self_critical_advantages,
     teacher_forcing_of_samples,
 )
-from captioner.text import END_ID, PAD_ID, START_ID
 
 
 def test_samples_baseline_compares_each_sample_with_the_others_of_its_image():
@@ -40,7 +40,7 @@ def test_policy_gradient_makes_better_samples_more_likely():
     import keras
     import tensorflow as tf
 
-    from captioner.model import build_decoder
+    from captioner.model.decoder import build_decoder
 
     keras.utils.set_random_seed(0)
     model = build_decoder(ModelConfig(embedding_dim=8, units=16, dropout=0.0), 10, 4)
@@ -66,8 +66,8 @@ def test_finetune_writes_a_run_that_evaluates_and_keeps_its_best_epoch(flickr8k_
     from click.testing import CliRunner
 
     from captioner.cli import cli
-    from captioner.features import extract_features
-    from captioner.train import train
+    from captioner.features.extract import extract_features
+    from captioner.training.train import train
     from tests.conftest import TINY, TINY_ENCODER
 
     extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False)
@@ -105,7 +105,7 @@ def test_finetune_refuses_to_overwrite_the_run_it_starts_from(tmp_path):
     from click.testing import CliRunner
 
     from captioner.cli import cli
-    from captioner.rundir import shipped_run_dir
+    from captioner.model.rundir import shipped_run_dir
 
     run = str(shipped_run_dir())
     result = CliRunner().invoke(cli, ["finetune", "--run", run, "--run-dir", run])

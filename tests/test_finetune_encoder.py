@@ -16,7 +16,7 @@ from captioner.config import Config, merge
 def test_augment_without_cropping_flips_about_half_of_the_photos():
     import tensorflow as tf
 
-    from captioner.finetune_encoder import augment
+    from captioner.training.encoder_finetune import augment
 
     images = np.random.default_rng(0).uniform(0, 255, (64, 8, 8, 3)).astype(np.float32)
     out = augment(tf.constant(images), tf.constant([1, 2], tf.int32), 1.0).numpy()
@@ -31,7 +31,7 @@ def test_augment_without_cropping_flips_about_half_of_the_photos():
 def test_augment_crops_zoom_in():
     import tensorflow as tf
 
-    from captioner.finetune_encoder import augment
+    from captioner.training.encoder_finetune import augment
 
     # A photo with a one-pixel red frame: any crop smaller than the whole photo loses some of it.
     image = np.zeros((1, 32, 32, 3), np.float32)
@@ -57,8 +57,8 @@ def shapes_data(tmp_path_factory):
 def source_run(shapes_data, tmp_path_factory):
     """A decoder trained on the tiny conv encoder's cached (frozen) features."""
     from captioner.config import EncoderConfig
-    from captioner.features import extract_features
-    from captioner.train import train
+    from captioner.features.extract import extract_features
+    from captioner.training.train import train
     from tests.conftest import TINY_CONV_ENCODER
 
     flickr8k_data = shapes_data
@@ -96,13 +96,13 @@ def tuned(source_run, tmp_path_factory):
 
 
 def encoder_weights(run_dir):
-    from captioner.rundir import load_run
+    from captioner.model.rundir import load_run
 
     return load_run(run_dir).load_encoder().get_weights()
 
 
 def test_the_encoder_learns_and_the_decoder_learns_more_with_it(source_run, tuned):
-    from captioner.rundir import load_run
+    from captioner.model.rundir import load_run
 
     start = load_run(source_run).load_encoder().get_weights()
     trained_dir, output, history = tuned["trained"]

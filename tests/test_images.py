@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from captioner.errors import ImageError, ImageTooLarge
-from captioner.images import (
+from captioner.data.images import (
     IMAGE_FORMATS,
     Photo,
     decode_image,
@@ -20,6 +19,7 @@ from captioner.images import (
     prepare_image,
     try_load_image,
 )
+from captioner.errors import ImageError, ImageTooLarge
 
 
 def test_photos_in_any_mode_become_rgb(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from captioner.cli import cli
-from captioner.data import load_dataset
+from captioner.data.datasets import load_dataset
 from captioner.errors import DataError
 from tests.conftest import DEV, TEST, TINY_ENCODER, TRAIN
 from tests.synthetic import write_flickr8k, write_karpathy

@@ -9,11 +9,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "captioner"
 # The stages' modules: only the CLI (and the package's own API) may bring several together.
 STAGES = {
-    "captioner.train",
-    "captioner.evaluate",
-    "captioner.caption",
-    "captioner.finetune",
-    "captioner.finetune_encoder",
+    "captioner.training.train",
+    "captioner.inference.evaluate",
+    "captioner.inference.caption",
+    "captioner.training.scst",
+    "captioner.training.encoder_finetune",
 }
 MAX_FUNCTION_LINES = 60
 

@@ -53,7 +53,7 @@ def _kill_after_first_epoch(command: list[str], run_dir: Path) -> int:
 
 
 def test_a_killed_run_resumes_to_the_losses_of_an_uninterrupted_one(flickr8k_data, tmp_path):
-    from captioner.features import extract_features
+    from captioner.features.extract import extract_features
 
     extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False)
     whole = CliRunner().invoke(cli, _train_command(flickr8k_data, tmp_path / "f", tmp_path / "a"))

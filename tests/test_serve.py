@@ -24,8 +24,8 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient  # needs httpx2 (the dev extra)
 
-from captioner.batcher import Batcher
-from captioner.serve import ServeSettings, create_app
+from captioner.serving.app import ServeSettings, create_app
+from captioner.serving.batcher import Batcher
 from tests.conftest import CHELSEA
 
 PHOTO = CHELSEA.read_bytes()  # 16 kB, 224 x 224

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from captioner.data.shards import Shard, parse_shard, shard_of
 from captioner.errors import ConfigError
-from captioner.shards import Shard, parse_shard, shard_of
 
 NAMES = [f"{1000 + i}_{i * 7919 % 1000:03d}.jpg" for i in range(300)] + [
     "2024/07/beach.jpg",

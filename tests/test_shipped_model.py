@@ -13,12 +13,12 @@ CAT = Path(__file__).parent / "data" / "chelsea.jpg"
 
 def test_shipped_model_captions_a_photo_and_stops_by_itself():
     from captioner.config import DecodeConfig
-    from captioner.decode import make_decoder
-    from captioner.encoders import build_encoder, make_encode_function
-    from captioner.images import load_image
-    from captioner.model import DecoderSteps
-    from captioner.rundir import load_run
-    from captioner.text import END_ID
+    from captioner.data.images import load_image
+    from captioner.data.text import END_ID
+    from captioner.features.encoders import build_encoder, make_encode_function
+    from captioner.model.decoder import DecoderSteps
+    from captioner.model.rundir import load_run
+    from captioner.model.search import make_decoder
 
     run = load_run()  # the shipped one
     assert run.encoder.name == "efficientnet_lite1" and "provenance" in run.info

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from captioner.cli import cli
 from captioner.errors import CacheError
-from captioner.store import CacheInfo, load_feature_cache, write_feature_cache
+from captioner.features.store import CacheInfo, load_feature_cache, write_feature_cache
 from tests.conftest import TINY_ENCODER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +25,8 @@ INFO = CacheInfo("tiny_test", 32, 4, "none")
 EXTRACT_SHARD = """
 import sys
 import tests.conftest  # registers the tiny encoder
-from captioner.features import extract_features
-from captioner.shards import parse_shard
+from captioner.features.extract import extract_features
+from captioner.data.shards import parse_shard
 extract_features(sys.argv[1], sys.argv[2], tests.conftest.TINY, progress=False,
                  shard=parse_shard(sys.argv[3]))
 """
@@ -57,7 +57,7 @@ def _extract_in_processes(data, cache, shards: list[str]) -> None:
 def sharded(flickr8k_data, tmp_path_factory):
     """The synthetic dataset's cache, extracted whole in this process and as shards 1/2 and 2/2
     by two processes at once."""
-    from captioner.features import extract_features
+    from captioner.features.extract import extract_features
     from tests.conftest import TINY
 
     folder = tmp_path_factory.mktemp("caches")
@@ -114,8 +114,8 @@ def test_a_shard_extracted_twice_into_one_folder_is_refused(sharded, tmp_path):
 
 
 def test_shards_of_different_counts_do_not_mix(tmp_path):
-    from captioner.shards import Shard
-    from captioner.store import CacheWriter
+    from captioner.data.shards import Shard
+    from captioner.features.store import CacheWriter
 
     for shard in (Shard(1, 2), Shard(2, 3)):
         writer = CacheWriter(tmp_path / "c", INFO, shard)
@@ -152,8 +152,8 @@ def test_lazy_rows_read_what_memory_holds(tmp_path):
     rows = np.random.RandomState(0).normal(size=(10, 4)).astype(np.float32)
     names = [f"{i}.jpg" for i in range(10)]
     write_feature_cache(tmp_path / "c", INFO, names[:6], rows[:6])
-    from captioner.shards import Shard
-    from captioner.store import CacheWriter
+    from captioner.data.shards import Shard
+    from captioner.features.store import CacheWriter
 
     writer = CacheWriter(tmp_path / "c", INFO, Shard())  # a second part, as a resumed run adds
     writer.add(names[6:], rows[6:])
@@ -169,7 +169,7 @@ def test_lazy_rows_read_what_memory_holds(tmp_path):
 
 def test_training_from_lazy_rows_equals_training_from_memory(sharded, flickr8k_data, tmp_path):
     from captioner.config import Config, merge
-    from captioner.train import train
+    from captioner.training.train import train
 
     def history(reading: str) -> list[dict]:
         config = merge(Config(), {

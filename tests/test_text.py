@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from captioner.text import (
+from captioner.data.text import (
     END_ID,
     START_ID,
     UNK_ID,

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from captioner.arrays import CaptionArrays
-from captioner.batches import count_batches, make_batches
 from captioner.config import Config, ModelConfig, TrainConfig, merge
-from captioner.text import teacher_forcing_arrays
-from captioner.train import compile_decoder
+from captioner.data.arrays import CaptionArrays
+from captioner.data.text import teacher_forcing_arrays
+from captioner.training.pipeline import count_batches, make_batches
+from captioner.training.train import compile_decoder
 
 CAPTIONS = [
     [4, 5, 6],
@@ -28,7 +28,7 @@ V, D = 16, 5
 def tiny():
     import keras
 
-    from captioner.model import build_decoder
+    from captioner.model.decoder import build_decoder
 
     keras.utils.set_random_seed(3)
     model = build_decoder(ModelConfig(embedding_dim=6, units=8, dropout=0.0), V, D)
@@ -90,8 +90,8 @@ def test_batch_count_is_known_before_the_epoch(tiny):
 def test_mixed_precision_trains_and_leaves_float32_behind(flickr8k_data, tmp_path):
     import keras
 
-    from captioner.features import extract_features
-    from captioner.train import train
+    from captioner.features.extract import extract_features
+    from captioner.training.train import train
     from tests.conftest import TINY, TINY_ENCODER
 
     extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False)
@@ -113,8 +113,8 @@ def test_mixed_precision_trains_and_leaves_float32_behind(flickr8k_data, tmp_pat
 
 
 def test_the_best_epoch_can_be_chosen_by_dev_bleu(flickr8k_data, tmp_path):
-    from captioner.features import extract_features
-    from captioner.train import train
+    from captioner.features.extract import extract_features
+    from captioner.training.train import train
     from tests.conftest import TINY, TINY_ENCODER
 
     extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False)
@@ -132,7 +132,7 @@ def test_the_best_epoch_can_be_chosen_by_dev_bleu(flickr8k_data, tmp_path):
 
 
 def test_label_smoothing_spreads_the_target_over_the_vocabulary(tiny):
-    from captioner.train import smoothed_cross_entropy
+    from captioner.training.train import smoothed_cross_entropy
 
     model, arrays = tiny
     x, y = arrays.inputs, arrays.targets
@@ -151,7 +151,7 @@ def test_label_smoothing_spreads_the_target_over_the_vocabulary(tiny):
 
 
 def test_mirroring_swaps_in_the_mirrored_features_at_the_asked_rate_anew_each_epoch():
-    from captioner.batches import make_batches
+    from captioner.training.pipeline import make_batches
 
     images, captions = 50, 2000
     rng = np.random.RandomState(0)
@@ -177,7 +177,7 @@ def test_mirroring_swaps_in_the_mirrored_features_at_the_asked_rate_anew_each_ep
 
 
 def test_an_epoch_order_depends_on_the_seed_and_the_epoch_alone():
-    from captioner.batches import count_batches, make_batches
+    from captioner.training.pipeline import count_batches, make_batches
 
     captions = 300
     rng = np.random.RandomState(1)
@@ -203,8 +203,8 @@ def test_an_epoch_order_depends_on_the_seed_and_the_epoch_alone():
 
 def test_mirroring_without_a_mirrored_cache_says_which_command_makes_it(flickr8k_data, tmp_path):
     from captioner.errors import CacheError
-    from captioner.features import extract_features
-    from captioner.train import train
+    from captioner.features.extract import extract_features
+    from captioner.training.train import train
     from tests.conftest import TINY, TINY_ENCODER
 
     extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False)

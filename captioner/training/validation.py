@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from captioner.metrics import cider_d, corpus_bleu_scores
-from captioner.text import Vocabulary
+from captioner.data.text import Vocabulary
+from captioner.inference.metrics import cider_d, corpus_bleu_scores
 
 
 def score_captions(
@@ -26,8 +26,8 @@ def dev_scores_function(
     variables). `features` (images, D) are the images' features; f may be given new ones (an
     encoder that is being trained gives new features every epoch)."""
     from captioner.config import DecodeConfig
-    from captioner.decode import make_decoder
-    from captioner.model import DecoderSteps
+    from captioner.model.decoder import DecoderSteps
+    from captioner.model.search import make_decoder
 
     decode = make_decoder(
         DecoderSteps(model), len(vocabulary), DecodeConfig(beam_size=1, max_length=max_words)

@@ -12,29 +12,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioner.arrays import (
+from captioner.config import Config, TrainConfig
+from captioner.data.arrays import (
     CaptionArrays,
     caption_arrays,
     cleaned_captions,
     mirrored_features,
     references,
 )
-from captioner.batches import count_batches, make_batches
-from captioner.config import Config, TrainConfig
-from captioner.data import Dataset, load_dataset
-from captioner.distribute import is_chief, make_strategy, replicas
+from captioner.data.datasets import Dataset, load_dataset
+from captioner.data.text import Vocabulary, build_vocabulary
 from captioner.errors import RunError
-from captioner.recorder import (
+from captioner.features.store import load_feature_cache
+from captioner.model.rundir import TENSORBOARD_DIR, EncoderInfo, load_run
+from captioner.training.checkpoints import (
     RunRecorder,
     read_checkpoint_state,
     restore_checkpoint,
     save_checkpoint,
     seed_everything,
 )
-from captioner.rundir import TENSORBOARD_DIR, EncoderInfo, load_run
-from captioner.scoring import dev_scores_function
-from captioner.store import load_feature_cache
-from captioner.text import Vocabulary, build_vocabulary
+from captioner.training.distribute import is_chief, make_strategy, replicas
+from captioner.training.pipeline import count_batches, make_batches
+from captioner.training.validation import dev_scores_function
 
 
 def smoothed_cross_entropy(label_smoothing: float, reduction: str = "mean_with_sample_weight"):
@@ -214,7 +214,7 @@ def train(
     """Trains a decoder on the dataset's train split, validating on dev, into `run_dir`.
 
     Args:
-        data_root: dataset folder (any layout, see captioner.data).
+        data_root: dataset folder (any layout, see captioner.data.datasets).
         features_path: the cache written by `extract` for this dataset, by config.encoder.
         run_dir: created if needed; receives the model, vocabulary, config and history.
         config: the effective configuration (saved into the run directory).
@@ -264,7 +264,7 @@ def _train_and_summarize(prepared, config: Config, recorder: RunRecorder, progre
                          resumed: dict | None, start: float, run_dir) -> TrainSummary:  # fmt: skip
     import keras  # only now: bad input above fails without TensorFlow's start-up time
 
-    from captioner.model import build_decoder
+    from captioner.model.decoder import build_decoder
 
     strategy = make_strategy(config.train.strategy)  # before TensorFlow runs any op
     count = replicas(strategy)

@@ -4,8 +4,8 @@ Photos stream through in batches: read on threads, encoded `batch_size` at a tim
 batch), and their features decoded `decode_batch` at a time on a thread while the next chunk is
 encoded (beam search costs less per photo on a large batch). Only a chunk or two of results
 are held at a time, so memory stays flat however large the folder; `caption_to_file` appends
-each chunk to a captions file as it comes (see captioner.caption_output) and skips the photos
-already in it.
+each chunk to a captions file as it comes (see captioner.inference.caption_files) and skips the
+photos already in it.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from captioner.caption_output import CaptionWriter, output_format, read_names
 from captioner.config import DecodeConfig
+from captioner.data.images import Photo, find_photos
+from captioner.data.shards import Shard
 from captioner.errors import ConfigError
-from captioner.images import Photo, find_photos
-from captioner.rundir import Run
-from captioner.shards import Shard
+from captioner.inference.caption_files import CaptionWriter, output_format, read_names
+from captioner.model.rundir import Run
 
 # Photos whose features are decoded together: beam search takes less CPU per photo on large
 # batches. Shipped model, 2-core CPU: 54.1 photos/s at 256 against 53.5 at 16 on a quiet
@@ -36,7 +36,7 @@ class CaptionResult:
     path: Path
     caption: str | None  # None when the photo could not be read
     error: str | None = None
-    name: str = ""  # how outputs and shards know the photo (captioner.images.Photo.name)
+    name: str = ""  # how outputs and shards know the photo (captioner.data.images.Photo.name)
 
 
 @dataclass
@@ -60,10 +60,10 @@ def make_captioner(
     batch_size: int | None = None,
     decode_batch: int = DECODE_BATCH,
 ) -> Callable[[Iterable[Photo | str | Path]], Iterator[list[CaptionResult]]]:
-    """Loads the model once through the Python API (captioner.api, which `captioner serve` uses
-    too); returns f(photos) -> the iter_captions generator."""
-    from captioner.api import Captioner
-    from captioner.rundir import load_runs
+    """Loads the model once through the Python API (captioner.inference.api, which `captioner
+    serve` uses too); returns f(photos) -> the iter_captions generator."""
+    from captioner.inference.api import Captioner
+    from captioner.model.rundir import load_runs
 
     captioner = Captioner(load_runs(run_dirs))
     decode = decode or captioner.decoding()
@@ -106,7 +106,7 @@ def _chunks_of_captions(photos, captioner, decoder, batch_size: int, decode_batc
     next one is read and encoded (TensorFlow runs both at once on the CPU's cores)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from captioner.images import batches_of_images
+    from captioner.data.images import batches_of_images
 
     photos = [p if isinstance(p, Photo) else Photo(str(p), Path(p)) for p in photos]
     paths = [photo.path for photo in photos]
@@ -192,7 +192,7 @@ def caption_to_file(
 
     Each chunk's rows are appended and flushed as it is decoded; unreadable photos get a row
     with their error, so that a later run does not try them again. A run killed at any point
-    resumes where it stopped (see captioner.caption_output for the format).
+    resumes where it stopped (see captioner.inference.caption_files for the format).
 
     Args:
         output: a .jsonl, .csv or .tsv file, created or extended.

@@ -22,16 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.arrays import CaptionArrays, caption_arrays, references
 from captioner.config import FinetuneConfig
-from captioner.data import load_dataset
+from captioner.data.arrays import CaptionArrays, caption_arrays, references
+from captioner.data.datasets import load_dataset
+from captioner.data.text import PAD_ID, START_ID
 from captioner.errors import RunError
-from captioner.metrics import CiderD
-from captioner.model import DecoderSteps
-from captioner.recorder import RunRecorder, seed_everything
-from captioner.rundir import Run, load_run, load_run_features
-from captioner.scoring import dev_scores_function
-from captioner.text import PAD_ID, START_ID
+from captioner.inference.metrics import CiderD
+from captioner.model.decoder import DecoderSteps
+from captioner.model.rundir import Run, load_run, load_run_features
+from captioner.training.checkpoints import RunRecorder, seed_everything
+from captioner.training.validation import dev_scores_function
 
 
 @dataclass
@@ -138,7 +138,7 @@ class _SelfCriticalEpoch:
     """One pass over the training images: sample, reward, step. Returns the epoch's means."""
 
     def __init__(self, model, source: _Source, config: FinetuneConfig):
-        from captioner.decode import make_greedy_search, make_sampler
+        from captioner.model.search import make_greedy_search, make_sampler
 
         steps, size = DecoderSteps(model), len(source.run.vocabulary)
         self.source, self.config = source, config

@@ -1,6 +1,6 @@
 """`captioner extract`: encode every photo of a dataset once and cache the feature vectors.
 
-The cache (captioner.store) is a folder of parts, appended as photos are encoded, so an
+The cache (captioner.features.store) is a folder of parts, appended as photos are encoded, so an
 interrupted run keeps what it finished and the next run resumes where it stopped. With a shard,
 only that shard's photos are encoded, into parts of their own.
 
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from captioner.config import EncoderConfig
+from captioner.data.images import batches_of_images
+from captioner.data.shards import Shard
 from captioner.errors import CacheError
-from captioner.images import batches_of_images
-from captioner.shards import Shard
-from captioner.store import CacheInfo, CacheWriter, load_feature_cache
+from captioner.features.store import CacheInfo, CacheWriter, load_feature_cache
 
 # A killed extraction loses at most this much work: a part is written every minute, or sooner
 # when it reaches _PART_BYTES (a grid's minute of rows can be half a gigabyte).
@@ -52,8 +52,8 @@ def extract_features(
     """Encodes every captioned image of the dataset at `data_root` that the cache lacks.
 
     Args:
-        data_root: a dataset folder in any layout (see captioner.data).
-        cache_path: the cache folder to create or extend (see captioner.store); one cache
+        data_root: a dataset folder in any layout (see captioner.data.datasets).
+        cache_path: the cache folder to create or extend (see captioner.features.store); one cache
             holds one encoder's features.
         encoder: the encoder's registry name, weights ("imagenet", "none" or a weights file)
             and batch size [default: EncoderConfig()].
@@ -62,12 +62,12 @@ def extract_features(
             `train.mirror_probability` draws on to augment the training photos).
         grid: keep each photo's grid of cells instead of its average (a cache of its own, for
             the attention decoder).
-        shard: encode only this shard of the photos (see captioner.shards) [default: all].
+        shard: encode only this shard of the photos (see captioner.data.shards) [default: all].
     Returns:
         An ExtractSummary; unreadable images are listed in it, not raised.
     """
-    from captioner.data import load_dataset
-    from captioner.encoders import get_encoder
+    from captioner.data.datasets import load_dataset
+    from captioner.features.encoders import get_encoder
 
     start = time.perf_counter()
     encoder, shard = encoder or EncoderConfig(), shard or Shard()
@@ -101,7 +101,12 @@ def _encode_into_cache(cache_path, encoder: EncoderConfig, names, paths, summary
     after Ctrl-C or a crash; marks the shard done when every photo was encoded or failed."""
     from tqdm import tqdm
 
-    from captioner.encoders import build_encoder, get_encoder, grid_cells, make_encode_function
+    from captioner.features.encoders import (
+        build_encoder,
+        get_encoder,
+        grid_cells,
+        make_encode_function,
+    )
 
     spec = get_encoder(encoder.name)
     model = build_encoder(spec.name, encoder.weights, grid)

@@ -2,7 +2,7 @@
 
 Both take a `steps` object with `initial_state(features) -> state` (a list of (B, ...) tensors)
 and `step(tokens (B,), state) -> (log-probabilities (B, V), state)`: the trained decoder
-(`captioner.model.DecoderSteps`) or, in tests, a hand-built one.
+(`captioner.model.decoder.DecoderSteps`) or, in tests, a hand-built one.
 
 Beam search ranks hypotheses by log P / length ** length_penalty, where length counts the words
 and the <end> token. Finished hypotheses are kept aside (the best one per image); an image
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID
+from captioner.data.text import END_ID, PAD_ID, START_ID, UNK_ID
 
 if TYPE_CHECKING:
     import tensorflow as tf

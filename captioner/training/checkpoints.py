@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from captioner.config import Config
+from captioner.data.text import Vocabulary
 from captioner.errors import RunError
 from captioner.files import atomic_file, write_atomic
-from captioner.rundir import (
+from captioner.model.rundir import (
     HISTORY_FILE,
     LAST_FILE,
     MODEL_FILE,
@@ -32,7 +33,6 @@ from captioner.rundir import (
     save_run_info,
     write_json,
 )
-from captioner.text import Vocabulary
 
 # Selection score -> which way is better, for the checkpoint, early stopping and summaries.
 SELECT_MODE = {"val_loss": "min", "val_bleu4": "max"}
@@ -129,7 +129,7 @@ class RunRecorder:
         writer.writerows(self.history)
         write_atomic(self.run_dir / TRAINING_CSV, text.getvalue().encode("utf-8"))
         if all("val_loss" in row and "loss" in row for row in self.history):
-            from captioner.report import plot_history
+            from captioner.inference.report import plot_history
 
             plot_history(self.history, self.run_dir / PLOT_FILE)
 

@@ -167,7 +167,7 @@ def _efficientnet_lite(variant: int, weights: str, grid: bool):
     in front."""
     import keras
 
-    from captioner import efficientnet_lite as lite
+    from captioner.features import efficientnet_lite as lite
 
     pooling = None if grid else "avg"
     try:
@@ -235,8 +235,8 @@ def encode_files(encode, paths: list[Path], size: int, batch_size: int) -> np.nd
     """encode(uint8 photos (n, size, size, 3)) -> features, over photo files read as `extract`
     reads them (on threads, while the encoder runs). For a split that must be scored whole: a
     photo that cannot be read is an ImageError naming it."""
+    from captioner.data.images import batches_of_images
     from captioner.errors import ImageError
-    from captioner.images import batches_of_images
 
     parts = []
     for _, images, errors in batches_of_images(paths, size, batch_size):

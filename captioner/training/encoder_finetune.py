@@ -2,7 +2,7 @@
 
 Every other stage keeps the CNN frozen and reads its features from a cache. Starting from a
 run trained that way (the decoder has learnt), this one reads the train photos through the same
-reading as `extract` (captioner.images), augments them (a random square crop of at least
+reading as `extract` (captioner.data.images), augments them (a random square crop of at least
 crop_scale of the side, resized back, flipped left to right half of the time), and trains
 encoder and decoder together by teacher forcing: each photo is encoded once per step and its
 features start every one of its captions. The encoder has its own, lower learning rate. Every
@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.arrays import caption_rows, references
 from captioner.config import EncoderFinetuneConfig
-from captioner.data import Dataset, load_dataset
+from captioner.data.arrays import caption_rows, references
+from captioner.data.datasets import Dataset, load_dataset
+from captioner.data.text import PAD_ID
 from captioner.errors import ConfigError, RunError
-from captioner.recorder import RunRecorder, is_better, seed_everything
-from captioner.rundir import ENCODER_FILE, Run, load_run, save_weights_npz
-from captioner.scoring import dev_scores_function
-from captioner.text import PAD_ID
+from captioner.model.rundir import ENCODER_FILE, Run, load_run, save_weights_npz
+from captioner.training.checkpoints import RunRecorder, is_better, seed_everything
+from captioner.training.validation import dev_scores_function
 
 
 @dataclass
@@ -185,7 +185,7 @@ class _EpochEnd:
     stop."""
 
     def __init__(self, recorder: RunRecorder, encoder, decoder, source: Run, dev, references):
-        from captioner.encoders import make_encode_function
+        from captioner.features.encoders import make_encode_function
 
         self.recorder, self.encoder, self.decoder, self.dev = recorder, encoder, decoder, dev
         self.size, self.batch_size = source.encoder.input_size, source.config.encoder.batch_size
@@ -194,7 +194,7 @@ class _EpochEnd:
                                           source.config.text.max_caption_words)  # fmt: skip
 
     def __call__(self, epoch: int, logs: dict[str, float]) -> bool:
-        from captioner.encoders import encode_files
+        from captioner.features.encoders import encode_files
 
         features = encode_files(self.encode, self.dev.paths, self.size, self.batch_size)
         scores = self.scores(features)
@@ -216,7 +216,7 @@ class TrainingEpochs:
         self.photos, self.seconds = 0, 0.0
 
     def run(self, epoch: int, progress_bar) -> dict[str, float]:
-        from captioner.images import batches_of_images
+        from captioner.data.images import batches_of_images
 
         config, train = self.config, self.train
         order = np.random.default_rng([config.seed, epoch]).permutation(len(train.names))

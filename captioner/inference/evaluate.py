@@ -6,13 +6,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from captioner.arrays import caption_arrays, references
 from captioner.config import DecodeConfig
-from captioner.data import load_dataset
-from captioner.decode import make_decoder
+from captioner.data.arrays import caption_arrays, references
+from captioner.data.datasets import load_dataset
 from captioner.errors import ConfigError, DataError
-from captioner.metrics import sentence_bleu4
-from captioner.rundir import (
+from captioner.inference.metrics import sentence_bleu4
+from captioner.model.rundir import (
     Run,
     decoder_steps,
     finetuned,
@@ -20,7 +19,8 @@ from captioner.rundir import (
     load_runs,
     write_json,
 )
-from captioner.scoring import score_captions
+from captioner.model.search import make_decoder
+from captioner.training.validation import score_captions
 
 
 @dataclass
@@ -110,7 +110,7 @@ def _split_features(runs: list[Run], dataset, split: str, data_root, features_pa
             f"{features_path}: the encoder of {runs[0].directory} was fine-tuned: no feature cache "
             "holds its features, and evaluate encodes the photos itself: leave out --features"
         )
-    from captioner.api import Captioner
+    from captioner.inference.api import Captioner
 
     if not names:
         raise DataError(f"{dataset.root}: the {split} split has no images with captions")

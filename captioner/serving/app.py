@@ -1,4 +1,5 @@
-"""`captioner serve`: captions over HTTP, a thin Starlette app over captioner.api.Captioner.
+"""`captioner serve`: captions over HTTP, a thin Starlette app over the Python API
+(captioner.inference.api.Captioner).
 
     GET  /              a page: choose or drop photos, see each with its caption
     POST /api/caption   photos (multipart field `file`, repeatable, or one image as the body)
@@ -6,8 +7,8 @@
     GET  /api/health    the model, the limits, the batching and what was served
 
 The model is loaded once, before the server starts. Every model call runs on the batcher's one
-thread (captioner.batcher), so TensorFlow never blocks the event loop, and photos of requests
-that arrive together share one encoder call and one decoder call. Uploads stay in memory:
+thread (captioner.serving.batcher), so TensorFlow never blocks the event loop, and photos of
+requests that arrive together share one encoder call and one decoder call. Uploads stay in memory:
 counted as they arrive and cut off at the size limit, decoded from bytes, only in the formats
 captioner reads, after their header's pixel count is checked; nothing a client sends names a
 file. Bad input is a 4xx answer with {"error": one line}, never a 500.
@@ -32,10 +33,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from captioner.api import Captioner
-from captioner.batcher import Batcher
+from captioner.data.images import IMAGE_FORMATS, decode_image
 from captioner.errors import ConfigError, ImageError, ImageTooLarge
-from captioner.images import IMAGE_FORMATS, decode_image
+from captioner.inference.api import Captioner
+from captioner.serving.batcher import Batcher
 
 # Decoding options as query parameters: name -> (type, what a value must be).
 QUERY_OPTIONS = {
@@ -117,7 +118,7 @@ class _Service:
         self.batcher = Batcher(self._run_batch, settings.max_batch, settings.batch_wait_ms / 1000)
         self.decoders: ThreadPoolExecutor | None = None
         self.requests = 0
-        self.page_html = (files("captioner") / "serve.html").read_text(encoding="utf-8")
+        self.page_html = (files("captioner.serving") / "page.html").read_text(encoding="utf-8")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):

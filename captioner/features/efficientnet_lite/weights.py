@@ -15,14 +15,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from captioner.efficientnet_lite.architecture import (
+from captioner.features.efficientnet_lite.architecture import (
     BlockSpec,
     _check_variant,
     block_specs,
     build_efficientnet_lite,
     infer_block_specs,
 )
-from captioner.efficientnet_lite.legacy_torch import read_legacy_state_dict
+from captioner.features.efficientnet_lite.legacy_torch import read_legacy_state_dict
 from captioner.files import write_atomic
 
 _CACHE_FORMAT = "v1"  # bump when the layout of the converted .npz changes

@@ -8,7 +8,7 @@ library and numpy through a restricted unpickler; :func:`load_efficientnet_lite`
 functional Keras rebuild of the network, :func:`build_efficientnet_lite` (:mod:`.architecture`).
 """
 
-from captioner.efficientnet_lite.architecture import (
+from captioner.features.efficientnet_lite.architecture import (
     FEATURE_DIM,
     INPUT_SIZES,
     NUM_CLASSES,
@@ -18,8 +18,8 @@ from captioner.efficientnet_lite.architecture import (
     infer_block_specs,
     preprocess,
 )
-from captioner.efficientnet_lite.legacy_torch import read_legacy_state_dict
-from captioner.efficientnet_lite.weights import (
+from captioner.features.efficientnet_lite.legacy_torch import read_legacy_state_dict
+from captioner.features.efficientnet_lite.weights import (
     convert_state_dict,
     load_efficientnet_lite,
     weights_file,

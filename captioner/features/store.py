@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from captioner.data.shards import Shard
 from captioner.errors import CacheError
 from captioner.files import UnsafePickleError, atomic_file, load_restricted_pickle, write_atomic
-from captioner.shards import Shard
 
 STORE_FORMAT = "captioner-store/1"
 LEGACY_FORMAT = "captioner-features/1"

@@ -11,10 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.data import Dataset
+from captioner.data.datasets import Dataset
+from captioner.data.text import Vocabulary, clean_caption, put_teacher_forcing_row
 from captioner.errors import CacheError, DataError
-from captioner.store import FeatureCache, FeatureRows, default_cache_path, load_feature_cache
-from captioner.text import Vocabulary, clean_caption, put_teacher_forcing_row
+from captioner.features.store import (
+    FeatureCache,
+    FeatureRows,
+    default_cache_path,
+    load_feature_cache,
+)
 
 
 @dataclass

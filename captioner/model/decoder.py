@@ -11,7 +11,7 @@ can run the same weights one word at a time for greedy and beam search.
 model.decoder = "attention" adds attention over the encoder's feature grid (`extract --grid`):
 the features arrive as the flattened grid (B, cells * C); their mean over the cells (the pooled
 vector) starts the LSTM as above, and each word is predicted from [h_t; context_t], the context
-attending over the projected cells (captioner.attention).
+attending over the projected cells (captioner.model.attention).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def build_decoder(
     x = layers.Dropout(config.dropout, name="embedding_dropout")(x)
     x = layers.LSTM(config.units, return_sequences=True, name="lstm")(x, initial_state=[h0, c0])
     if attention:
-        from captioner.attention import RegionAttention
+        from captioner.model.attention import RegionAttention
 
         context = RegionAttention(config.attention_dim, name="attention")([x, keys, regions])
         x = layers.Concatenate(name="with_context")([x, context])
@@ -124,7 +124,7 @@ class EnsembleSteps:
     every step, inside greedy or beam search. Members must share the vocabulary.
 
     columns: each member's slice of the features, when members read different encoders' (runs
-    with fine-tuned encoders: captioner.rundir.encoder_runs); None: all read all of them.
+    with fine-tuned encoders: captioner.model.rundir.encoder_runs); None: all read all of them.
     """
 
     def __init__(self, members: list[DecoderSteps], columns: list[slice] | None = None):

@@ -8,13 +8,13 @@
     captioner.caption("photo.jpg", scores=True)      # ('...', -0.62)
     Captioner.load("runs/seed0", "runs/seed1")       # a run of yours, or an ensemble
 
-Photos go through the same reading as `captioner caption` (captioner.images.prepare_image), so a
-file, the PIL image opened from it and its pixels as an array get the same caption.
+Photos go through the same reading as `captioner caption` (captioner.data.images.prepare_image),
+so a file, the PIL image opened from it and its pixels as an array get the same caption.
 
 Thread-safety: a Captioner is meant to be called from one thread at a time. Its compiled
 decoders are cached in a plain dict, and the model's graphs are traced on first use, so calls
 from several threads at once are not supported. `captioner serve` makes every call on its one
-model thread and gathers concurrent requests into batches instead (captioner.serve).
+model thread and gathers concurrent requests into batches instead (captioner.serving.app).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from PIL import Image
 
 from captioner.config import DecodeConfig
 from captioner.errors import ConfigError, ImageError
-from captioner.rundir import Run, load_runs
+from captioner.model.rundir import Run, load_runs
 
 # Photos per model call (encoder, then decoder) in caption(): large enough to keep the CPU's
 # cores busy, small enough that the decoded photos of one call stay a few MB.
@@ -60,16 +60,16 @@ class Captioner:
     decoder's steps once, and one compiled search per decoding setting, kept as used."""
 
     def __init__(self, runs: list[Run]):
-        from captioner.encoders import make_encode_function
+        from captioner.features.encoders import make_encode_function
+        from captioner.model.rundir import decoder_steps, encoder_runs
         from captioner.quiet import import_tensorflow
-        from captioner.rundir import decoder_steps, encoder_runs
 
         import_tensorflow()
         self.runs = runs
         run = runs[0]
         self.vocabulary = run.vocabulary
         self.input_size = run.encoder.input_size
-        # One encoder, or one per fine-tuned member of an ensemble (captioner.rundir).
+        # One encoder, or one per fine-tuned member of an ensemble (captioner.model.rundir).
         # batch_size 1: no padding there (features() pads to ENCODER_BATCH_SIZES); after its
         # second batch size the compiled forward pass takes any size without retracing.
         self._encoders = [make_encode_function(r.load_encoder(), 1) for r in encoder_runs(runs)[0]]
@@ -139,7 +139,7 @@ class Captioner:
 
     def prepare(self, photo) -> np.ndarray:
         """One photo as the encoder reads it, uint8 (input_size, input_size, 3)."""
-        from captioner.images import prepare_image, try_load_image
+        from captioner.data.images import prepare_image, try_load_image
 
         if isinstance(photo, str | os.PathLike):
             image = try_load_image(photo, self.input_size)
@@ -163,7 +163,7 @@ class Captioner:
 
     def caption_images(self, images: np.ndarray, decoding: DecodeConfig) -> list[tuple[str, float]]:
         """(caption, score) for each photo of a batch already prepared, uint8 (N, size, size,
-        3): one encoder call and one decoder call (what captioner.serve's batches run)."""
+        3): one encoder call and one decoder call (what captioner.serving.app's batches run)."""
         size = self.input_size
         if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
             raise ImageError(f"expected uint8 photos (N, {size}, {size}, 3), got {images.shape}")
@@ -192,7 +192,7 @@ class Captioner:
 
     def features_of_files(self, paths: list[Path], batch_size: int = CAPTION_BATCH) -> np.ndarray:
         """features() of photo files; ImageError naming the first that cannot be read."""
-        from captioner.encoders import encode_files
+        from captioner.features.encoders import encode_files
 
         return encode_files(self.features, paths, self.input_size, batch_size)
 
@@ -220,7 +220,7 @@ class Captioner:
         }
 
     def _decoder(self, decoding: DecodeConfig):
-        from captioner.decode import make_decoder
+        from captioner.model.search import make_decoder
 
         if decoding in self._decoders:
             self._decoders.move_to_end(decoding)

@@ -1,5 +1,5 @@
 """A run directory: everything `caption` and `evaluate` need, written by `train` and `finetune`
-(through captioner.recorder). Every file name lives here.
+(through captioner.training.checkpoints). Every file name lives here.
 
 model.keras        the best epoch by train.select_by (dev loss or greedy dev BLEU-4; for
                    `finetune`, dev BLEU-4), Keras format, loaded in safe mode
@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from captioner.config import Config, DecodeConfig, config_from_dict, merge
+from captioner.data.text import Vocabulary
 from captioner.errors import RunError
 from captioner.files import usual_permissions, write_atomic
-from captioner.text import Vocabulary
 
 RUN_FORMAT = "captioner-run/1"
 MODEL_FILE, LAST_FILE, WEIGHTS_FILE = "model.keras", "last.keras", "weights.npz"
@@ -66,7 +66,7 @@ class Run:
         weights of weights.npz (how the shipped model travels: float16, a third of the size)."""
         if (self.directory / MODEL_FILE).is_file():
             return load_keras_model(self.directory / MODEL_FILE)
-        from captioner.model import build_decoder
+        from captioner.model.decoder import build_decoder
 
         encoder = self.encoder
         model = build_decoder(
@@ -78,7 +78,7 @@ class Run:
     def load_encoder(self):
         """The encoder that makes this run's features: built by name with the run's weights, or
         for a fine-tuned run the architecture with the weights of its encoder.npz."""
-        from captioner.encoders import build_encoder
+        from captioner.features.encoders import build_encoder
 
         encoder, grid = self.encoder, self.encoder.cells > 0
         if not encoder.finetuned:
@@ -144,7 +144,7 @@ def save_keras_model(model, path: str | Path) -> None:
 def load_keras_model(path: str | Path):
     import keras
 
-    import captioner.attention  # noqa: F401  registers the attention layer for safe mode
+    import captioner.model.attention  # noqa: F401  registers the attention layer for safe mode
 
     # safe_mode refuses Lambda layers and other deserialized code; compile=False because
     # inference needs no optimizer or loss.
@@ -246,7 +246,7 @@ def load_run_features(run: Run, data_root: str | Path, path: str | Path | None =
     Returns (cache, its path); raises CacheError if another encoder or kind made it, or if the
     run's encoder was fine-tuned."""
     from captioner.errors import CacheError
-    from captioner.store import default_cache_path, load_feature_cache
+    from captioner.features.store import default_cache_path, load_feature_cache
 
     encoder = run.encoder
     if encoder.finetuned:  # a cache of the ImageNet encoder would give other, wrong features
@@ -266,7 +266,7 @@ def decoder_steps(runs: list[Run]):
     """The step function of one run's decoder, or of an ensemble of several. It reads the
     features `encoder_runs` describes: one encoder's, or with fine-tuned members the
     concatenation of each distinct encoder's (each member its own columns)."""
-    from captioner.model import DecoderSteps, EnsembleSteps
+    from captioner.model.decoder import DecoderSteps, EnsembleSteps
 
     members = [DecoderSteps(run.load_model()) for run in runs]
     if len(members) == 1:

@@ -1,0 +1,1 @@
+"""The extract stage: image encoders, the feature cache, and `captioner extract`."""

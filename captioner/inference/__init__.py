@@ -1,0 +1,1 @@
+"""The Python API, `captioner caption` and `evaluate`, metrics and reports."""

@@ -1,0 +1,1 @@
+"""The decoder, its attention, its greedy and beam search, and the run directory."""

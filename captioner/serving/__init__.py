@@ -1,0 +1,1 @@
+"""`captioner serve`: the Starlette app, request batching and its page."""

@@ -1,0 +1,1 @@
+"""`captioner train`, `finetune` and `finetune-encoder`, and what they share."""
