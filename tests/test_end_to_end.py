@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from captioner.cli import cli
 from captioner.data.text import clean_caption
-from captioner.inference.metrics import corpus_bleu_scores
+from captioner.metrics import corpus_bleu_scores
 from tests.conftest import TINY_ENCODER
 
 TINY_MODEL = [

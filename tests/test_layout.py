@@ -7,14 +7,29 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "captioner"
-# The stages' modules: only the CLI (and the package's own API) may bring several together.
+# The stages' modules, one per command: only the CLI brings several together.
 STAGES = {
+    "captioner.features.extract",
     "captioner.training.train",
-    "captioner.inference.evaluate",
-    "captioner.inference.caption",
     "captioner.training.scst",
     "captioner.training.encoder_finetune",
+    "captioner.inference.caption",
+    "captioner.inference.evaluate",
+    "captioner.serving.app",
+    "captioner.info",
 }
+# The rooms, bottom up: a room may use the ground (config, errors, files, metrics, quiet) and the
+# rooms listed for it, never a room above it or beside it. cli.py and the package's own
+# __init__ (the Python API's entry) stand on top and may use any.
+ROOMS_BELOW = {
+    "data": set(),
+    "features": {"data"},
+    "model": {"data", "features"},
+    "training": {"data", "features", "model"},
+    "inference": {"data", "features", "model"},
+    "serving": {"data", "features", "model", "inference"},
+}
+GROUND = {"__version__", "config", "errors", "files", "metrics", "quiet"}
 MAX_FUNCTION_LINES = 60
 
 
@@ -39,7 +54,7 @@ def test_no_stage_imports_another_stage():
     offenders = [
         f"{name} imports {target}"
         for name, tree in _modules()
-        if name not in ("captioner.cli", "captioner")
+        if name not in ("captioner.cli", "captioner", "captioner.__main__")
         for target in sorted(_imports(tree) & STAGES)
         if target != name
     ]
@@ -55,3 +70,24 @@ def test_no_function_is_longer_than_a_screen():
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert long == []
+
+
+def _room(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def test_rooms_use_only_the_ground_and_the_rooms_below_them():
+    offenders = [
+        f"{name} imports {target}"
+        for name, tree in _modules()
+        if _room(name) in ROOMS_BELOW
+        for target in sorted(_imports(tree))
+        if target.startswith("captioner.")
+        and _room(target) not in {_room(name), *ROOMS_BELOW[_room(name)], *GROUND}
+    ]
+    assert offenders == []
+
+
+def test_every_room_is_known():
+    rooms = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").is_file()}
+    assert rooms == set(ROOMS_BELOW)

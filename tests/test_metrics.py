@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from captioner.inference.metrics import corpus_bleu_scores
+from captioner.metrics import corpus_bleu_scores
 
 HYPOTHESES = [["the", "cat", "sat", "on", "the", "mat"], ["a", "dog", "runs", "in", "the", "park"]]
 REFERENCES = [
@@ -35,7 +35,7 @@ def test_short_captions_pay_the_brevity_penalty():
 def test_cider_d_matches_hand_computed_values():
     import math
 
-    from captioner.inference.metrics import cider_d
+    from captioner.metrics import cider_d
 
     references = [[["a", "dog", "runs"]], [["a", "cat"]]]
     # Document frequencies: "a" is in both images (idf 0); every other n-gram in one (idf

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from captioner.config import Config, ModelConfig, TrainConfig, merge
-from captioner.data.arrays import CaptionArrays
 from captioner.data.text import teacher_forcing_arrays
+from captioner.features.arrays import CaptionArrays
 from captioner.training.pipeline import count_batches, make_batches
 from captioner.training.train import compile_decoder
 

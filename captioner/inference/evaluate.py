@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from captioner.config import DecodeConfig
-from captioner.data.arrays import caption_arrays, references
 from captioner.data.datasets import load_dataset
 from captioner.errors import ConfigError, DataError
-from captioner.inference.metrics import sentence_bleu4
+from captioner.features.arrays import caption_arrays, references
+from captioner.metrics import score_captions, sentence_bleu4
 from captioner.model.rundir import (
     Run,
     decoder_steps,
@@ -20,7 +20,6 @@ from captioner.model.rundir import (
     write_json,
 )
 from captioner.model.search import make_decoder
-from captioner.training.validation import score_captions
 
 
 @dataclass

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from captioner.config import EncoderFinetuneConfig
-from captioner.data.arrays import caption_rows, references
 from captioner.data.datasets import Dataset, load_dataset
 from captioner.data.text import PAD_ID
 from captioner.errors import ConfigError, RunError
+from captioner.features.arrays import caption_rows, references
 from captioner.model.rundir import ENCODER_FILE, Run, load_run, save_weights_npz
 from captioner.training.checkpoints import RunRecorder, is_better, seed_everything
 from captioner.training.validation import dev_scores_function

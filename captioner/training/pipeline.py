@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from captioner.data.arrays import CaptionArrays
+from captioner.features.arrays import CaptionArrays
 
 # Batches hold captions whose lengths (words + 1) fall between the same boundaries.
 _LENGTH_BOUNDARIES = [8, 10, 12, 14, 17, 21]

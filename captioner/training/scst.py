@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from captioner.config import FinetuneConfig
-from captioner.data.arrays import CaptionArrays, caption_arrays, references
 from captioner.data.datasets import load_dataset
 from captioner.data.text import PAD_ID, START_ID
 from captioner.errors import RunError
-from captioner.inference.metrics import CiderD
+from captioner.features.arrays import CaptionArrays, caption_arrays, references
+from captioner.metrics import CiderD
 from captioner.model.decoder import DecoderSteps
 from captioner.model.rundir import Run, load_run, load_run_features
 from captioner.training.checkpoints import RunRecorder, seed_everything

@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioner.config import Config, TrainConfig
-from captioner.data.arrays import (
+from captioner.data.datasets import Dataset, load_dataset
+from captioner.data.text import Vocabulary, build_vocabulary
+from captioner.errors import RunError
+from captioner.features.arrays import (
     CaptionArrays,
     caption_arrays,
     cleaned_captions,
     mirrored_features,
     references,
 )
-from captioner.data.datasets import Dataset, load_dataset
-from captioner.data.text import Vocabulary, build_vocabulary
-from captioner.errors import RunError
 from captioner.features.store import load_feature_cache
 from captioner.model.rundir import TENSORBOARD_DIR, EncoderInfo, load_run
 from captioner.training.checkpoints import (

@@ -1,21 +1,11 @@
-"""Scoring captions against references: the corpus scores `evaluate` reports, and the greedy
-dev scores that `train` and `finetune` log after every epoch."""
+"""The greedy dev scores that `train`, `finetune` and `finetune-encoder` log after every epoch."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from captioner.data.text import Vocabulary
-from captioner.inference.metrics import cider_d, corpus_bleu_scores
-
-
-def score_captions(
-    references: list[list[list[str]]], hypotheses: list[list[str]]
-) -> tuple[dict[str, float], list[float]]:
-    """Corpus BLEU-1..4 and CIDEr-D; also each image's CIDEr-D, in order."""
-    scores = corpus_bleu_scores(references, hypotheses)
-    scores["CIDEr-D"], per_image = cider_d(references, hypotheses)
-    return scores, per_image
+from captioner.metrics import cider_d, corpus_bleu_scores
 
 
 def dev_scores_function(

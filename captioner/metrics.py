@@ -117,3 +117,12 @@ def cider_d(
     scorer = CiderD(references)
     scores = [scorer.score(i, hypothesis) for i, hypothesis in enumerate(hypotheses)]
     return sum(scores) / len(scores), scores
+
+
+def score_captions(
+    references: list[list[list[str]]], hypotheses: list[list[str]]
+) -> tuple[dict[str, float], list[float]]:
+    """Corpus BLEU-1..4 and CIDEr-D; also each image's CIDEr-D, in order."""
+    scores = corpus_bleu_scores(references, hypotheses)
+    scores["CIDEr-D"], per_image = cider_d(references, hypotheses)
+    return scores, per_image
