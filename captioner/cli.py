@@ -13,6 +13,14 @@ from pathlib import Path
 import click
 
 from captioner.errors import CaptionerError
+from captioner.options import (
+    config_options,
+    decode_options,
+    run_options,
+    serve_options,
+    strategy_option,
+    training_options,
+)
 from captioner.quiet import import_tensorflow
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -43,42 +51,6 @@ class CaptionerGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: finished work was saved", err=True)
             sys.exit(130)
-
-
-def config_options(command):
-    command = click.option(
-        "--set",
-        "assignments",
-        multiple=True,
-        metavar="SECTION.KEY=VALUE",
-        help="Override one setting, e.g. --set model.units=512 (repeatable).",
-    )(command)
-    return click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False),
-        help="TOML file of settings that differ from the defaults (see configs/).",
-    )(command)
-
-
-def decode_options(command):
-    options = [
-        click.option("--beam", type=click.IntRange(1, 50), help="Beam width; 1 is greedy search."),
-        click.option("--max-length", type=click.IntRange(1, 200), help="Most words per caption."),
-        click.option(
-            "--length-penalty",
-            type=float,
-            help="Beam ranking: log P / length**ALPHA; 0 favours short captions.",
-        ),
-        click.option(
-            "--no-repeat-ngram",
-            type=click.IntRange(0, 10),
-            help="Forbid repeating any n-gram of this size (beam search); 0 = off.",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
 
 
 def _load(config_path, assignments, **sections):
@@ -219,25 +191,14 @@ def extract(data, encoder, weights, features, batch_size, mirror, grid, shard, p
     type=click.Path(file_okay=False),
     help="Where the model goes [default: runs/<dataset>-<encoder>].",
 )
-@click.option(
-    "--epochs", type=click.IntRange(1), help="Most epochs (early stopping may end sooner)."
-)
 @click.option("--batch-size", type=click.IntRange(1), help="Captions per batch.")
-@click.option("--learning-rate", type=float, help="Adam's initial learning rate.")
-@click.option("--seed", type=int, help="Random seed (weights, shuffling, dropout).")
-@click.option(
-    "--strategy",
-    type=click.Choice(["one", "mirrored", "multiworker"]),
-    help="Train on one device (default), every local GPU (mirrored; CAPTIONER_CPU_DEVICES=N "
-    "splits the CPU into N), or the machines of TF_CONFIG (multiworker). --batch-size stays "
-    "the global batch.",
-)
+@strategy_option
 @click.option(
     "--resume",
     type=click.Path(file_okay=False),
     help="Continue this run from its last finished epoch (after a crash, kill -9 or Ctrl-C).",
 )
-@click.option("--progress/--no-progress", default=True, help="Show Keras' progress bar.")
+@training_options
 @config_options
 def train(
     data,
@@ -307,12 +268,7 @@ def _echo_trained(s) -> None:
               help="Where the fine-tuned run goes (a new run directory).")  # fmt: skip
 @click.option("--data", type=click.Path(), help="Dataset folder [default: the run's].")
 @click.option("--features", type=click.Path(), help="Feature cache [default: the run's].")
-@click.option(
-    "--epochs", type=click.IntRange(1), help="Most epochs (early stopping may end sooner)."
-)
-@click.option("--learning-rate", type=float, help="Adam's learning rate.")
-@click.option("--seed", type=int, help="Random seed (which captions are sampled).")
-@click.option("--progress/--no-progress", default=True, help="Show progress.")
+@training_options
 @config_options
 def finetune(source_run, run_dir, data, features, epochs, learning_rate, seed, progress,
              config_path, assignments):  # fmt: skip
@@ -348,17 +304,12 @@ def finetune(source_run, run_dir, data, features, epochs, learning_rate, seed, p
     "--data", type=click.Path(), help="Dataset folder, with its photos [default: the run's]."
 )
 @click.option(
-    "--epochs", type=click.IntRange(1), help="Most epochs (early stopping may end sooner)."
-)
-@click.option("--learning-rate", type=float, help="The decoder's learning rate.")
-@click.option("--encoder-learning-rate", type=float,
-              help="The encoder's learning rate (0: the encoder stays as it is).")  # fmt: skip
-@click.option(
     "--batch-size", type=click.IntRange(1), help="Photos per step, each with all its captions."
 )
 @click.option("--augment/--no-augment", default=None, help="Random crops and flips of each photo.")
-@click.option("--seed", type=int, help="Random seed (photo order, crops, dropout).")
-@click.option("--progress/--no-progress", default=True, help="Show progress.")
+@click.option("--encoder-learning-rate", type=float,
+              help="The encoder's learning rate (0: the encoder stays as it is).")  # fmt: skip
+@training_options
 @config_options
 def finetune_encoder(source_run, run_dir, data, epochs, learning_rate, encoder_learning_rate,
                      batch_size, augment, seed, progress, config_path, assignments):  # fmt: skip
@@ -396,9 +347,7 @@ def finetune_encoder(source_run, run_dir, data, epochs, learning_rate, encoder_l
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--run", "run_dirs", multiple=True, type=click.Path(),
-              help="Run directory; repeat it to decode with an ensemble "
-              "[default: the reference Flickr8k model shipped with captioner].")  # fmt: skip
+@run_options
 @click.option("--output", type=click.Path(dir_okay=False),
               help="Append the captions to this file as they come, .jsonl, .csv or .tsv (by "
               "its suffix), instead of printing them; photos already in it are skipped, so a "
@@ -481,9 +430,7 @@ def _caption_to_file(runs, images, output, decode, shard, progress, save, batch)
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--run", "run_dirs", multiple=True, type=click.Path(),
-              help="Run directory; repeat it to decode with an ensemble "
-              "[default: the reference Flickr8k model shipped with captioner].")  # fmt: skip
+@run_options
 @click.option(
     "--split",
     type=click.Choice(["train", "dev", "test"]),
@@ -572,35 +519,13 @@ def encoders():
         )
 
 
-def serve_options(command):
-    """The server's limits and batching: captioner.serving.app.ServeSettings, same defaults."""
-    options = [
-        ("--max-upload-mb", 20.0, click.FloatRange(0.001),
-         "Largest request body, all photos together (MB = 10^6 bytes): 413 past it."),
-        ("--max-files", 16, click.IntRange(1, 256), "Most photos per request."),
-        ("--max-megapixels", 40.0, click.FloatRange(0.001),
-         "Most pixels per photo, read from its header before decoding: 413 past it."),
-        ("--max-batch", 32, click.IntRange(1, 256),
-         "Most photos per model call, from concurrent requests; 1 turns batching off."),
-        ("--batch-wait-ms", 5.0, click.FloatRange(0, 1000),
-         "How long a batch's first photo waits for others to join it."),
-    ]  # fmt: skip
-    for name, default, kind, text in reversed(options):
-        option = click.option(name, default=default, show_default=True, type=kind, help=text)
-        command = option(command)
-    return command
-
-
 @cli.command("serve", context_settings=CONTEXT)
-@click.option("--run", "run_dirs", multiple=True, type=click.Path(),
-              help="Run directory; repeat it to decode with an ensemble "
-              "[default: the reference Flickr8k model shipped with captioner].")  # fmt: skip
+@run_options
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; 0.0.0.0 opens it to the network.")  # fmt: skip
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @serve_options
-def serve_command(run_dirs, host, port, max_upload_mb, max_files, max_megapixels, max_batch,
-                  batch_wait_ms):  # fmt: skip
+def serve_command(run_dirs, host, port, **limits):
     """Serve captions over HTTP: a page to caption photos, and a JSON API.
 
     The model is loaded once; POST /api/caption takes photos (multipart field `file`, or an
@@ -611,10 +536,10 @@ def serve_command(run_dirs, host, port, max_upload_mb, max_files, max_megapixels
       captioner serve --run runs/flickr8k-seed0 --port 8080
       curl -F file=@photo.jpg 'http://127.0.0.1:8000/api/caption?beam=1'
     """
-    from captioner.serving.app import ServeSettings, serve
+    from captioner.config import ServeConfig
+    from captioner.serving.app import serve
 
-    settings = ServeSettings(max_upload_mb, max_files, max_megapixels, max_batch, batch_wait_ms)
-    serve(run_dirs, host, port, settings)
+    serve(run_dirs, host, port, ServeConfig(**limits))
     click.echo("stopped", err=True)
 
 

@@ -7,6 +7,7 @@ below (`[model]`, `[train]`, ...). Unknown keys and wrong types raise `ConfigErr
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -22,11 +23,32 @@ else:  # pragma: no cover
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DECODERS = ("lstm", "attention")
+STRATEGIES = ("one", "mirrored", "multiworker")  # built by captioner.training.distribute
+# A selection score -> which way is better: it picks model.keras, drives early stopping, and
+# tells `captioner info` which epoch a run kept.
+SELECT_MODE = {"val_loss": "min", "val_bleu4": "max"}
+# Accepted decoding values, by the name the command line, the API and the server give them:
+# (DecodeConfig field, lowest, highest). DecodeConfig checks them whoever builds it.
+DECODE_RANGES = {
+    "beam": ("beam_size", 1, 50),
+    "max_length": ("max_length", 1, 200),
+    "length_penalty": ("length_penalty", 0.0, 10.0),
+    "no_repeat_ngram": ("no_repeat_ngram", 0, 10),
+}
 
 
 def _check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(valid)}")
+
+
+def _check_range(name: str, value: float, low: float, high: float | None) -> None:
+    """Finite and within [low, high] (no upper bound when high is None)."""
+    if math.isfinite(value) and low <= value and (high is None or value <= high):
+        return
+    if high is None:
+        raise ConfigError(f"{name}: {value!r} is not at least {low}")
+    raise ConfigError(f"{name}: {value!r} is not between {low} and {high}")
 
 
 @dataclass(frozen=True)
@@ -93,7 +115,8 @@ class TrainConfig:
     # "float32", or "mixed_float16" (GPUs) / "mixed_bfloat16" (GPUs and CPUs with AVX512-BF16):
     # compute in 16 bits, keep weights and the softmax in 32.
     precision: str = "float32"
-    # XLA compilation of the training step: measured no faster on a 2-core CPU (README), so off.
+    # XLA compilation of the training step: measured no faster on a 2-core CPU
+    # (docs/performance.md), so off.
     jit_compile: bool = False
     # Where the split's features are during training: "memory" (copied in), "lazy" (read from
     # the cache batch by batch: a cache larger than RAM), or "auto": lazy for grids and for
@@ -106,9 +129,9 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_choice("train.precision", self.precision, PRECISIONS)
-        _check_choice("train.select_by", self.select_by, ("val_loss", "val_bleu4"))
+        _check_choice("train.select_by", self.select_by, tuple(SELECT_MODE))
         _check_choice("train.feature_reading", self.feature_reading, ("auto", "memory", "lazy"))
-        _check_choice("train.strategy", self.strategy, ("one", "mirrored", "multiworker"))
+        _check_choice("train.strategy", self.strategy, STRATEGIES)
 
     @property
     def lazy_features(self) -> bool | None:
@@ -163,7 +186,7 @@ class EncoderFinetuneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _check_choice("encoder_finetune.select_by", self.select_by, ("val_loss", "val_bleu4"))
+        _check_choice("encoder_finetune.select_by", self.select_by, tuple(SELECT_MODE))
         if not 0.1 <= self.crop_scale <= 1.0:
             raise ConfigError(f"encoder_finetune.crop_scale: {self.crop_scale} is not in [0.1, 1]")
 
@@ -177,6 +200,46 @@ class DecodeConfig:
     length_penalty: float = 0.7
     # Forbid repeating any n-gram of this size within a caption ("a dog and a dog"); 0 = off.
     no_repeat_ngram: int = 0
+
+    def __post_init__(self):
+        for name, (key, low, high) in DECODE_RANGES.items():
+            _check_range(name, getattr(self, key), low, high)
+
+
+def _limit(default: float, low: float, high: float | None, help: str):
+    """A ServeConfig field: its default, accepted range and the help of its command-line option
+    (captioner.options.serve_options makes the options from these fields)."""
+    return field(default=default, metadata={"range": (low, high), "help": help})
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The limits and batching of `captioner serve` (not part of a run's Config)."""
+
+    max_upload_mb: float = _limit(20.0, 0.001, None, "Largest request body, all photos together "
+                                  "(MB = 10^6 bytes): 413 past it.")  # fmt: skip
+    max_files: int = _limit(16, 1, 256, "Most photos per request.")
+    # Per photo, read from its header before any pixel is decoded: 40 MP is a large camera's
+    # photo, 120 MB once decoded; Pillow's own guard (Image.MAX_IMAGE_PIXELS) is set to it.
+    max_megapixels: float = _limit(40.0, 0.001, None, "Most pixels per photo, read from its "
+                                   "header before decoding: 413 past it.")  # fmt: skip
+    # TF Serving's max_batch_size: photos of concurrent requests share one model call.
+    max_batch: int = _limit(32, 1, 256, "Most photos per model call, from concurrent requests; "
+                            "1 turns batching off.")  # fmt: skip
+    batch_wait_ms: float = _limit(5.0, 0.0, 1000.0, "How long a batch's first photo waits for "
+                                  "others to join it.")  # fmt: skip
+
+    def __post_init__(self):
+        for setting in fields(self):
+            _check_range(setting.name, getattr(self, setting.name), *setting.metadata["range"])
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1_000_000)
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1_000_000)
 
 
 @dataclass(frozen=True)

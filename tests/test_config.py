@@ -179,3 +179,45 @@ def test_encoder_finetune_crop_scale_must_leave_a_crop():
     with pytest.raises(ConfigError) as error:
         load_config(None, ("encoder_finetune.crop_scale=0.0",))
     assert str(error.value) == "encoder_finetune.crop_scale: 0.0 is not in [0.1, 1]"
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("decode.beam_size=0", "beam: 0 is not between 1 and 50"),
+        ("decode.length_penalty=11.0", "length_penalty: 11.0 is not between 0.0 and 10.0"),
+        ("decode.length_penalty=nan", "length_penalty: nan is not between 0.0 and 10.0"),
+        ("decode.no_repeat_ngram=-1", "no_repeat_ngram: -1 is not between 0 and 10"),
+    ],
+)
+def test_decoding_ranges_are_checked_wherever_the_settings_come_from(assignment, message):
+    """One range per setting (DECODE_RANGES): a config file, the API and the server meet the
+    same check, which the command line's options are made from."""
+    with pytest.raises(ConfigError) as error:
+        load_config(None, (assignment,))
+    assert str(error.value) == message
+
+
+def test_the_command_line_takes_its_ranges_and_defaults_from_the_settings():
+    from click.testing import CliRunner
+
+    from captioner.cli import cli
+
+    result = CliRunner().invoke(cli, ["caption", "--length-penalty", "10.5", "photo.jpg"])
+    assert result.exit_code == 2
+    assert "'--length-penalty': 10.5 is not in the range 0.0<=x<=10.0" in result.output
+    result = CliRunner().invoke(cli, ["serve", "--max-batch", "257"])
+    assert result.exit_code == 2
+    assert "'--max-batch': 257 is not in the range 1<=x<=256" in result.output
+
+
+def test_serve_limits_come_with_their_ranges():
+    from captioner.config import ServeConfig
+
+    assert ServeConfig(max_files=3).max_files == 3
+    with pytest.raises(ConfigError) as error:
+        ServeConfig(max_batch=0)
+    assert str(error.value) == "max_batch: 0 is not between 1 and 256"
+    with pytest.raises(ConfigError) as error:
+        ServeConfig(max_upload_mb=0.0)
+    assert str(error.value) == "max_upload_mb: 0.0 is not at least 0.001"

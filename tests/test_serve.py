@@ -24,7 +24,8 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient  # needs httpx2 (the dev extra)
 
-from captioner.serving.app import ServeSettings, create_app
+from captioner.config import ServeConfig
+from captioner.serving.app import create_app
 from captioner.serving.batcher import Batcher
 from tests.conftest import CHELSEA
 
@@ -38,7 +39,7 @@ def client(shipped_captioner):
 
 
 # Small limits, for the bad uploads: 50 kB, 3 files, 0.1 MP (the cat photo is 0.05 MP).
-STRICT = ServeSettings(max_upload_mb=0.05, max_files=3, max_megapixels=0.1)
+STRICT = ServeConfig(max_upload_mb=0.05, max_files=3, max_megapixels=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +244,7 @@ def test_uploads_never_touch_the_filesystem(client, shipped_captioner, monkeypat
 def test_concurrent_requests_share_model_calls(shipped_captioner):
     """Eight one-photo requests at once, with 300 ms to gather: fewer model calls than photos,
     each caption the same as alone."""
-    settings = ServeSettings(max_batch=8, batch_wait_ms=300)
+    settings = ServeConfig(max_batch=8, batch_wait_ms=300)
     with TestClient(create_app(shipped_captioner, settings)) as client:
         answers = [None] * 8
 

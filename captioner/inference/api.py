@@ -20,7 +20,6 @@ model thread and gathers concurrent requests into batches instead (captioner.ser
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -28,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from captioner.config import DecodeConfig
-from captioner.errors import ConfigError, ImageError
+from captioner.config import DECODE_RANGES, DecodeConfig
+from captioner.errors import ImageError
 from captioner.model.rundir import Run, load_runs
 
 # Photos per model call (encoder, then decoder) in caption(): large enough to keep the CPU's
@@ -45,14 +44,6 @@ ENCODER_BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 # Compiled decoders kept, one per decoding setting: each new setting costs a compilation (about
 # a second), and an unbounded cache would grow with every setting a client tries.
 DECODERS_KEPT = 8
-# Accepted decoding values, by argument name (their DecodeConfig field, lowest, highest): the
-# command line's ranges (captioner.cli.decode_options); the length penalty must be finite too.
-DECODING_RANGES = {
-    "beam": ("beam_size", 1, 50),
-    "max_length": ("max_length", 1, 200),
-    "length_penalty": ("length_penalty", 0.0, 10.0),
-    "no_repeat_ngram": ("no_repeat_ngram", 0, 10),
-}
 
 
 class Captioner:
@@ -87,17 +78,12 @@ class Captioner:
         self, beam=None, max_length=None, length_penalty=None, no_repeat_ngram=None
     ) -> DecodeConfig:
         """The run's own decoding settings with those given on top; ConfigError if out of range
-        (see DECODING_RANGES)."""
+        (captioner.config.DECODE_RANGES)."""
         given = {"beam": beam, "max_length": max_length}
         given |= {"length_penalty": length_penalty, "no_repeat_ngram": no_repeat_ngram}
-        decoding = self.runs[0].decoding(
-            **{DECODING_RANGES[name][0]: value for name, value in given.items()}
+        return self.runs[0].decoding(
+            **{DECODE_RANGES[name][0]: value for name, value in given.items()}
         )
-        for name, (key, low, high) in DECODING_RANGES.items():
-            value = getattr(decoding, key)
-            if not (math.isfinite(value) and low <= value <= high):
-                raise ConfigError(f"{name}: {value!r} is not between {low} and {high}")
-        return decoding
 
     def caption(
         self,

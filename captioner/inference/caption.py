@@ -24,8 +24,8 @@ from captioner.model.rundir import Run
 
 # Photos whose features are decoded together: beam search takes less CPU per photo on large
 # batches. Shipped model, 2-core CPU: 54.1 photos/s at 256 against 53.5 at 16 on a quiet
-# machine (the decoding thread hides most of it), 50.2 against 34.5 under other load (README,
-# "Captioning a photo archive").
+# machine (the decoding thread hides most of it), 50.2 against 34.5 under other load (docs/
+# performance.md, "Captioning a photo archive").
 DECODE_BATCH = 256
 
 RunDirs = list[str | Path | Run] | None

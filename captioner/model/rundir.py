@@ -165,7 +165,7 @@ def save_run_info(directory: Path, config: Config, encoder: EncoderInfo, **info:
 
 
 def shipped_run_dir() -> Path:
-    """The reference Flickr8k model installed with the package (see README, Results)."""
+    """The reference Flickr8k model installed with the package (README, Results)."""
     from importlib.resources import files
 
     return Path(str(files("captioner") / "reference"))

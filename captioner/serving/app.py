@@ -22,7 +22,6 @@ import dataclasses
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from importlib.resources import files
 
 import numpy as np
@@ -33,6 +32,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
+from captioner.config import ServeConfig
 from captioner.data.images import IMAGE_FORMATS, decode_image
 from captioner.errors import ConfigError, ImageError, ImageTooLarge
 from captioner.inference.api import Captioner
@@ -51,25 +51,6 @@ DECODE_THREADS = 2
 NAME_CHARACTERS = 120  # a client's file name is only echoed back, shortened to this
 
 
-@dataclass(frozen=True)
-class ServeSettings:
-    max_upload_mb: float = 20.0  # one request's body, all photos together (MB = 10^6 bytes)
-    max_files: int = 16  # photos per request
-    # Per photo, read from its header before any pixel is decoded: 40 MP is a large camera's
-    # photo, 120 MB once decoded; Pillow's own guard (Image.MAX_IMAGE_PIXELS) is set to it.
-    max_megapixels: float = 40.0
-    max_batch: int = 32  # photos per model call (TF Serving's max_batch_size); 1: batching off
-    batch_wait_ms: float = 5.0  # how long a batch's first photo waits for others to join it
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1_000_000)
-
-    @property
-    def max_pixels(self) -> int:
-        return int(self.max_megapixels * 1_000_000)
-
-
 class BadRequest(Exception):
     """Answered as {"error": message} with its status (400, 413, 415)."""
 
@@ -78,10 +59,10 @@ class BadRequest(Exception):
         self.status = status
 
 
-def create_app(captioner: Captioner, settings: ServeSettings | None = None) -> Starlette:
+def create_app(captioner: Captioner, settings: ServeConfig | None = None) -> Starlette:
     """The ASGI app over a loaded Captioner: what uvicorn runs, and what tests call in-process
     (run its lifespan, e.g. `with TestClient(app)`: it starts and stops the batcher)."""
-    settings = settings or ServeSettings()
+    settings = settings or ServeConfig()
     service = _Service(captioner, settings)
     routes = [
         Route("/", service.page, methods=["GET"]),
@@ -98,7 +79,7 @@ def serve(run_dirs=(), host: str = "127.0.0.1", port: int = 8000, settings=None)
     import uvicorn
     from PIL import Image
 
-    settings = settings or ServeSettings()
+    settings = settings or ServeConfig()
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, not just warn
     captioner = Captioner.load(*run_dirs)
@@ -113,7 +94,7 @@ def serve(run_dirs=(), host: str = "127.0.0.1", port: int = 8000, settings=None)
 class _Service:
     """The endpoints, and what they share: the model, the batcher, the decoding threads."""
 
-    def __init__(self, captioner: Captioner, settings: ServeSettings):
+    def __init__(self, captioner: Captioner, settings: ServeConfig):
         self.captioner, self.settings = captioner, settings
         self.batcher = Batcher(self._run_batch, settings.max_batch, settings.batch_wait_ms / 1000)
         self.decoders: ThreadPoolExecutor | None = None
@@ -213,7 +194,7 @@ def _decoding(captioner: Captioner, request: Request):
         raise BadRequest(400, str(error)) from None
 
 
-async def _uploads(request: Request, settings: ServeSettings) -> list[tuple[str, bytes]]:
+async def _uploads(request: Request, settings: ServeConfig) -> list[tuple[str, bytes]]:
     """(name, bytes) of each photo: multipart parts named `file`, or the body of an image/*
     request. The body is read whole into memory first, counted against the limit."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.config import Config
+from captioner.config import SELECT_MODE, Config
 from captioner.data.text import Vocabulary
 from captioner.errors import RunError
 from captioner.files import atomic_file, write_atomic
@@ -33,9 +33,6 @@ from captioner.model.rundir import (
     save_run_info,
     write_json,
 )
-
-# Selection score -> which way is better, for the checkpoint, early stopping and summaries.
-SELECT_MODE = {"val_loss": "min", "val_bleu4": "max"}
 
 
 def seed_everything(seed: int) -> None:

@@ -21,7 +21,6 @@ import os
 
 from captioner.errors import ConfigError
 
-STRATEGIES = ("one", "mirrored", "multiworker")
 CPU_DEVICES_VARIABLE = "CAPTIONER_CPU_DEVICES"
 
 
@@ -58,7 +57,7 @@ def make_strategy(name: str):
         raise ConfigError(
             "train.strategy=multiworker needs TF_CONFIG: a JSON cluster and this task, e.g. "
             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-            '"task": {"type": "worker", "index": 0}} (README, "Training on several GPUs")'
+            '"task": {"type": "worker", "index": 0}} (docs/distributed.md)'
         )
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     _patch_keras_for_multiworker(tf)
