@@ -287,12 +287,17 @@ def finetune(source_run, run_dir, data, features, epochs, learning_rate, seed, p
         assignments,
         finetune={"epochs": epochs, "learning_rate": learning_rate, "seed": seed},
     )
-    s = finetune_run(source_run, run_dir, config.finetune, data, features, progress)
-    click.echo(
-        f"fine-tuned {s.epochs_run} epochs in {s.seconds:.0f} s; dev BLEU-4 (greedy) "
-        f"{s.start_val_bleu4:.4f} -> {s.best_val_bleu4:.4f} (epoch {s.best_epoch}), "
-        f"CIDEr-D {s.best_val_cider_d:.4f} -> {s.run_dir}"
-    )
+    _echo_finetuned("fine-tuned", finetune_run(source_run, run_dir, config.finetune, data,
+                                               features, progress))  # fmt: skip
+
+
+def _echo_finetuned(what: str, s) -> None:
+    """One line for both fine-tuning stages: each dev score from the start to the epoch kept."""
+    scores = {"val_loss": "dev loss", "val_bleu4": "dev BLEU-4 (greedy)", "val_cider_d": "CIDEr-D"}
+    moved = ", ".join(f"{label} {s.start[key]:.4f} -> {s.best[key]:.4f}"
+                      for key, label in scores.items() if key in s.best)  # fmt: skip
+    click.echo(f"{what} {s.epochs_run} epochs in {s.seconds:.0f} s; kept epoch {s.best_epoch}: "
+               f"{moved} -> {s.run_dir}")  # fmt: skip
 
 
 @cli.command("finetune-encoder", context_settings=CONTEXT)
@@ -331,18 +336,13 @@ def finetune_encoder(source_run, run_dir, data, epochs, learning_rate, encoder_l
                 "augment": augment}  # fmt: skip
     config = _load(config_path, assignments, encoder_finetune=settings)
     s = finetune_run(source_run, run_dir, config.encoder_finetune, data, progress)
-    skipped = f"; {s.unreadable} unreadable photos skipped" if s.unreadable else ""
-    start, best = s.start, s.best
     what = "fine-tuned encoder and decoder"
     if config.encoder_finetune.encoder_learning_rate == 0:
         what = "trained the decoder from pixels (encoder frozen)"
-    click.echo(
-        f"{what} {s.epochs_run} epochs in {s.seconds:.0f} s "
-        f"({s.photos_per_second:.1f} photos/s){skipped}; kept epoch {s.best_epoch}: dev loss "
-        f"{start['val_loss']:.4f} -> {best['val_loss']:.4f}, dev BLEU-4 (greedy) "
-        f"{start['val_bleu4']:.4f} -> {best['val_bleu4']:.4f}, CIDEr-D "
-        f"{start['val_cider_d']:.4f} -> {best['val_cider_d']:.4f} -> {s.run_dir}"
-    )
+    _echo_finetuned(what, s)
+    click.echo(f"{s.extra['photos_per_second']:.1f} training photos/s")
+    if s.extra["unreadable"]:
+        click.echo(f"{s.extra['unreadable']} unreadable train photos skipped", err=True)
 
 
 @cli.command(context_settings=CONTEXT)

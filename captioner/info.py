@@ -8,7 +8,13 @@ from pathlib import Path
 
 from captioner.errors import CacheError, CaptionerError
 from captioner.features.store import STORE_FILE, find_shards, load_feature_cache, missing_shards
-from captioner.model.rundir import HISTORY_FILE, RUN_FILE, load_run, shipped_run_dir
+from captioner.model.rundir import (
+    HISTORY_FILE,
+    RUN_FILE,
+    SELECTION_FILE,
+    load_run,
+    shipped_run_dir,
+)
 
 
 def describe(path: str | Path | None = None) -> dict:
@@ -74,18 +80,17 @@ def describe_run(path: Path) -> dict:
     if history_file.is_file():
         history = json.loads(history_file.read_text(encoding="utf-8"))
         about["epochs"] = len([row for row in history if row.get("epoch", 0) > 0])
-        about["best"] = _best_epoch(history, run.config.train.select_by, run.info)
+        if (path / SELECTION_FILE).is_file():
+            about["best"] = _kept_epoch(history, path / SELECTION_FILE)
     if "provenance" in run.info:
         about["scores"] = run.info["provenance"].get("scores")
     return about
 
 
-def _best_epoch(history: list[dict], select_by: str, info: dict) -> dict:
-    """The epoch model.keras holds: by train.select_by, or by dev BLEU-4 for a fine-tuned run."""
-    from captioner.training.checkpoints import SELECT_MODE
-
-    monitor = "val_bleu4" if "finetuned_from" in info else select_by
-    scored = [row for row in history if monitor in row]
-    pick = min if SELECT_MODE[monitor] == "min" else max
-    best = pick(scored, key=lambda row: row[monitor]) if scored else {}
-    return {key: best[key] for key in best if key == "epoch" or key.startswith("val_")}
+def _kept_epoch(history: list[dict], selection_file: Path) -> dict:
+    """The epoch model.keras holds, as the run recorded it (selection.json), with its dev
+    scores from the history."""
+    selection = json.loads(selection_file.read_text(encoding="utf-8"))
+    kept = next((row for row in history if row["epoch"] == selection["kept_epoch"]), {})
+    scores = {key: value for key, value in kept.items() if key.startswith("val_")}
+    return {"epoch": selection["kept_epoch"], "selected_by": selection["select_by"], **scores}

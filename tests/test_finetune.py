@@ -89,7 +89,7 @@ def test_finetune_writes_a_run_that_evaluates_and_keeps_its_best_epoch(flickr8k_
     history = json.loads((tmp_path / "scst" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1, 2]  # epoch 0: the model it started from
     best = max(range(3), key=lambda i: history[i]["val_bleu4"])
-    assert f"(epoch {best})" in result.output
+    assert f"kept epoch {best}:" in result.output
     info = json.loads((tmp_path / "scst" / "run.json").read_text())
     assert info["finetuned_from"] == str((tmp_path / "run").resolve())
     assert info["config"]["finetune"]["samples"] == 3

@@ -1,8 +1,10 @@
 """A run directory: everything `caption` and `evaluate` need, written by `train` and `finetune`
 (through captioner.training.checkpoints). Every file name lives here.
 
-model.keras        the best epoch by train.select_by (dev loss or greedy dev BLEU-4; for
-                   `finetune`, dev BLEU-4), Keras format, loaded in safe mode
+model.keras        the best epoch by the run's selection score (train.select_by or
+                   encoder_finetune.select_by: dev loss or greedy dev BLEU-4; for `finetune`,
+                   dev BLEU-4), Keras format, loaded in safe mode
+selection.json     which score picked model.keras and which epoch it holds, rewritten with it
 last.keras         the latest epoch, rewritten each epoch
 weights.npz        instead of model.keras in the shipped model: float16 weights, decoder rebuilt
                    from run.json (`save_weights_npz` writes it, `Run.load_model` reads it)
@@ -38,7 +40,7 @@ RUN_FORMAT = "captioner-run/1"
 MODEL_FILE, LAST_FILE, WEIGHTS_FILE = "model.keras", "last.keras", "weights.npz"
 VOCABULARY_FILE, RUN_FILE, HISTORY_FILE = "vocabulary.json", "run.json", "history.json"
 TRAINING_CSV, PLOT_FILE, TENSORBOARD_DIR = "training.csv", "loss.png", "logs"
-RESUME_FILE, ENCODER_FILE = "resume.npz", "encoder.npz"
+RESUME_FILE, ENCODER_FILE, SELECTION_FILE = "resume.npz", "encoder.npz", "selection.json"
 
 
 @dataclass

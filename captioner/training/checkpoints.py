@@ -26,6 +26,7 @@ from captioner.model.rundir import (
     MODEL_FILE,
     PLOT_FILE,
     RESUME_FILE,
+    SELECTION_FILE,
     TRAINING_CSV,
     VOCABULARY_FILE,
     EncoderInfo,
@@ -91,6 +92,7 @@ class RunRecorder:
             self.best, self.best_epoch, self.waited = logs[self.monitor], epoch, 0
             if self.writes:
                 save_keras_model(model, self.run_dir / MODEL_FILE)
+                self._write_selection()
         else:
             self.waited += 1
         if self.writes:
@@ -116,6 +118,13 @@ class RunRecorder:
     @property
     def best_logs(self) -> dict[str, float]:
         return next(h for h in self.history if h["epoch"] == self.best_epoch)
+
+    def _write_selection(self) -> None:
+        """selection.json, right after model.keras: the rule that chose it and the epoch it
+        holds, so that `captioner info` reads them instead of guessing."""
+        selection = {"select_by": self.monitor, "mode": SELECT_MODE[self.monitor],
+                     "kept_epoch": self.best_epoch, "score": self.best}  # fmt: skip
+        write_json(self.run_dir / SELECTION_FILE, selection)
 
     def _write_logs(self) -> None:
         write_json(self.run_dir / HISTORY_FILE, self.history)

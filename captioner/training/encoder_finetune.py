@@ -23,25 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from captioner.config import EncoderFinetuneConfig
-from captioner.data.datasets import Dataset, load_dataset
+from captioner.data.datasets import Dataset
 from captioner.data.text import PAD_ID
-from captioner.errors import ConfigError, RunError
+from captioner.errors import ConfigError
 from captioner.features.arrays import caption_rows, references
-from captioner.model.rundir import ENCODER_FILE, Run, load_run, save_weights_npz
-from captioner.training.checkpoints import RunRecorder, is_better, seed_everything
+from captioner.model.rundir import ENCODER_FILE, Run, save_weights_npz
+from captioner.training.checkpoints import RunRecorder, is_better
+from captioner.training.finetuning import FinetuneSummary, read_source, run_epochs, start_run
 from captioner.training.validation import dev_scores_function
-
-
-@dataclass
-class EncoderFinetuneSummary:
-    run_dir: Path
-    epochs_run: int
-    best_epoch: int  # 0: no epoch beat the starting point, whose weights were kept
-    start: dict[str, float]  # dev scores of the starting point: val_loss, val_bleu4, val_cider_d
-    best: dict[str, float]  # and of the epoch kept
-    photos_per_second: float  # training photos per second, augmentation and both models
-    unreadable: int  # train photos skipped because they could not be read
-    seconds: float
 
 
 @dataclass
@@ -197,9 +186,8 @@ class _EpochEnd:
         from captioner.features.encoders import encode_files
 
         features = encode_files(self.encode, self.dev.paths, self.size, self.batch_size)
-        scores = self.scores(features)
         logs = {**logs, "val_loss": dev_loss(self.decoder, features, self.dev),
-                "val_bleu4": scores["BLEU-4"], "val_cider_d": scores["CIDEr-D"]}  # fmt: skip
+                **self.scores(features)}  # fmt: skip
         recorder, monitor = self.recorder, self.recorder.monitor
         if is_better(logs[monitor], recorder.best, monitor):  # first: a pair with model.keras
             save_weights_npz(self.encoder, recorder.run_dir, ENCODER_FILE, np.float32)
@@ -235,28 +223,13 @@ class TrainingEpochs:
         return {"loss": total / max(photos, 1)}
 
 
-def _read_source(source_run, run_dir, data_root):
-    source = load_run(source_run)
-    if Path(run_dir).resolve() == source.directory.resolve():
-        raise RunError(f"{run_dir}: give the fine-tuned run its own directory, not the source's")
-    if source.encoder.cells:
-        raise ConfigError(f"{source.directory}: fine-tuning the encoder works with the pooled "
-                          "LSTM decoder, not the attention decoder over a grid")  # fmt: skip
-    data_root = data_root or source.info["data"]
-    dataset = load_dataset(data_root)
-    train, dev = photo_captions(dataset, "train", source), photo_captions(dataset, "dev", source)
-    info = {"data": str(Path(data_root).resolve()),
-            "finetuned_from": str(source.directory.resolve())}  # fmt: skip
-    return source, train, dev, references(dataset, dev.names), info
-
-
 def finetune_encoder(
     source_run: str | Path | None,
     run_dir: str | Path,
     config: EncoderFinetuneConfig,
     data_root: str | Path | None = None,
     progress: bool = True,
-) -> EncoderFinetuneSummary:
+) -> FinetuneSummary:
     """Trains a run's encoder and decoder together from the photos into a new run directory.
 
     Args:
@@ -267,43 +240,30 @@ def finetune_encoder(
         config: the [encoder_finetune] settings.
         data_root: the dataset's folder, with its photos [default: the source run's].
         progress: show a progress bar over each epoch's batches.
+
+    Returns: the summary, with `extra` photos_per_second (training photos per second,
+        augmentation and both models) and unreadable (train photos skipped).
     """
-    from tqdm import tqdm
-
-    start = time.perf_counter()
-    source, train, dev, dev_references, info = _read_source(source_run, run_dir, data_root)
-    recorder = RunRecorder(run_dir, config.select_by, config.early_stopping_patience)
-    run_config = replace(source.config, encoder_finetune=config)
-    encoder_info = replace(source.encoder, finetuned=True)
-    recorder.start(run_config, encoder_info, source.vocabulary, **info)
-
-    seed_everything(config.seed)  # TensorFlow starts only now: bad input above fails fast
-    encoder, decoder = source.load_encoder(), source.load_model()
+    started = time.perf_counter()
+    source = read_source(source_run, run_dir, data_root)
+    run, dataset = source.run, source.dataset
+    if run.encoder.cells:
+        raise ConfigError(f"{run.directory}: fine-tuning the encoder works with the pooled "
+                          "LSTM decoder, not the attention decoder over a grid")  # fmt: skip
+    train, dev = photo_captions(dataset, "train", run), photo_captions(dataset, "dev", run)
+    recorder = start_run(run, source.info, run_dir, config, "encoder_finetune", config.select_by,
+                         encoder=replace(run.encoder, finetuned=True))  # fmt: skip
+    encoder, decoder = run.load_encoder(), run.load_model()
     freeze_batch_norm(encoder)
     # The decoder's too: its image normalization would otherwise chase features that move
     # every step, from batches of a few photos, and decode the dev photos with stale statistics.
     freeze_batch_norm(decoder)
     step = make_training_step(encoder, decoder, config)
-    epochs = TrainingEpochs(train, step, source.encoder.input_size, config)
-    record = _EpochEnd(recorder, encoder, decoder, source, dev, dev_references)
-    record(0, {})  # the starting point: kept until an epoch beats it
-    for epoch in range(1, config.epochs + 1):
-
-        def bar(batches, epoch=epoch):
-            total = -(-len(train.names) // config.batch_size)
-            return tqdm(batches, total=total, desc=f"epoch {epoch}", disable=not progress,
-                        leave=False, unit="batch")  # fmt: skip
-
-        if record(epoch, epochs.run(epoch, bar)):
-            break
-    best = recorder.best_logs
-    return EncoderFinetuneSummary(
-        recorder.run_dir,
-        len(recorder.history) - 1,
-        recorder.best_epoch,
-        recorder.history[0],
-        best,
-        epochs.photos / max(epochs.seconds, 1e-9),
-        len(epochs.unreadable),
-        time.perf_counter() - start,
-    )
+    epochs = TrainingEpochs(train, step, run.encoder.input_size, config)
+    end_epoch = _EpochEnd(recorder, encoder, decoder, run, dev, references(dataset, dev.names))
+    batches = -(-len(train.names) // config.batch_size)
+    summary = run_epochs(recorder, config.epochs, epochs.run, end_epoch, progress, batches,
+                         started)  # fmt: skip
+    summary.extra = {"photos_per_second": epochs.photos / max(epochs.seconds, 1e-9),
+                     "unreadable": len(epochs.unreadable)}  # fmt: skip
+    return summary

@@ -17,32 +17,19 @@ model.keras keeps the best epoch by dev BLEU-4 (epoch 0, the starting model, inc
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from captioner.config import FinetuneConfig
-from captioner.data.datasets import load_dataset
 from captioner.data.text import PAD_ID, START_ID
-from captioner.errors import RunError
 from captioner.features.arrays import CaptionArrays, caption_arrays, references
 from captioner.metrics import CiderD
 from captioner.model.decoder import DecoderSteps
-from captioner.model.rundir import Run, load_run, load_run_features
-from captioner.training.checkpoints import RunRecorder, seed_everything
+from captioner.model.rundir import Run, load_run_features
+from captioner.training.finetuning import FinetuneSummary, read_source, run_epochs, start_run
 from captioner.training.validation import dev_scores_function
-
-
-@dataclass
-class FinetuneSummary:
-    run_dir: Path
-    epochs_run: int
-    best_epoch: int  # 0: no epoch beat the starting model, whose weights were kept
-    start_val_bleu4: float
-    best_val_bleu4: float
-    best_val_cider_d: float
-    seconds: float
 
 
 def teacher_forcing_of_samples(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,34 +91,29 @@ def make_policy_gradient_step(model, config: FinetuneConfig):
 
 @dataclass
 class _Source:
-    """The run fine-tuning starts from, with its data read and checked before TensorFlow starts."""
+    """The run SCST starts from, with the splits as arrays and the reward, read and checked
+    before TensorFlow starts."""
 
     run: Run
     train: CaptionArrays
     dev: CaptionArrays
     dev_references: list
     reward: CiderD
+    info: dict[str, str]
 
 
-def _read_source(source_run, run_dir, data_root, features_path) -> tuple[_Source, dict]:
-    source = load_run(source_run)
-    if Path(run_dir).resolve() == source.directory.resolve():
-        raise RunError(f"{run_dir}: give the fine-tuned run its own directory, not the source's")
-    data_root = data_root or source.info["data"]
-    dataset = load_dataset(data_root)
-    cache, features_path = load_run_features(source, data_root, features_path)
-    vocabulary, max_words = source.vocabulary, source.config.text.max_caption_words
+def _read_source(source_run, run_dir, data_root, features_path) -> _Source:
+    source = read_source(source_run, run_dir, data_root)
+    run, dataset = source.run, source.dataset
+    cache, features_path = load_run_features(run, source.info["data"], features_path)
+    vocabulary, max_words = run.vocabulary, run.config.text.max_caption_words
     train_arrays = caption_arrays(dataset, "train", cache, vocabulary, max_words)
     dev_arrays = caption_arrays(dataset, "dev", cache, vocabulary, max_words)
     # CIDEr-D's document frequencies come from the train references, as the reward's should.
     reward = CiderD(references(dataset, train_arrays.names))
     dev_references = references(dataset, dev_arrays.names)
-    paths = {
-        "data": str(Path(data_root).resolve()),
-        "features": str(Path(features_path).resolve()),
-        "finetuned_from": str(Path(source_run).resolve()),
-    }
-    return _Source(source, train_arrays, dev_arrays, dev_references, reward), paths
+    info = {**source.info, "features": str(Path(features_path).resolve())}
+    return _Source(run, train_arrays, dev_arrays, dev_references, reward, info)
 
 
 class _SelfCriticalEpoch:
@@ -202,41 +184,17 @@ def finetune(
         data_root, features_path: default to those the source run was trained on.
         progress: show a progress bar over each epoch's batches.
     """
-    from tqdm import tqdm
-
-    start = time.perf_counter()
-    source, paths = _read_source(source_run, run_dir, data_root, features_path)
-    run, max_words = source.run, source.run.config.text.max_caption_words
-    recorder = RunRecorder(run_dir, "val_bleu4", config.early_stopping_patience)
-    recorder.start(replace(run.config, finetune=config), run.encoder, run.vocabulary, **paths)
-
-    seed_everything(config.seed)  # TensorFlow starts only now: bad input above fails fast
+    started = time.perf_counter()
+    source = _read_source(source_run, run_dir, data_root, features_path)
+    run = source.run
+    recorder = start_run(run, source.info, run_dir, config, "finetune", "val_bleu4")
     model = run.load_model()
-    dev = source.dev
-    dev_scores = dev_scores_function(model, dev.features, source.dev_references, run.vocabulary,
-                                     max_words)  # fmt: skip
+    dev_scores = dev_scores_function(model, source.dev.features, source.dev_references,
+                                     run.vocabulary, run.config.text.max_caption_words)  # fmt: skip
     epoch_of_training = _SelfCriticalEpoch(model, source, config)
-    # Epoch 0 is the model it starts from: model.keras keeps it until an epoch beats it.
-    recorder.record(model, 0, _dev_logs(dev_scores()))
-    for epoch in range(1, config.epochs + 1):
 
-        def bar(batches, epoch=epoch):
-            return tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
+    def end_epoch(epoch: int, logs: dict) -> bool:
+        return recorder.record(model, epoch, {**logs, **dev_scores()})
 
-        logs = epoch_of_training(bar)
-        if recorder.record(model, epoch, {**logs, **_dev_logs(dev_scores())}):
-            break
-    best = recorder.best_logs
-    return FinetuneSummary(
-        recorder.run_dir,
-        len(recorder.history) - 1,
-        recorder.best_epoch,
-        recorder.history[0]["val_bleu4"],
-        best["val_bleu4"],
-        best["val_cider_d"],
-        time.perf_counter() - start,
-    )
-
-
-def _dev_logs(scores: dict[str, float]) -> dict[str, float]:
-    return {"val_bleu4": scores["BLEU-4"], "val_cider_d": scores["CIDEr-D"]}
+    return run_epochs(recorder, config.epochs, lambda epoch, bar: epoch_of_training(bar),
+                      end_epoch, progress, started=started)  # fmt: skip

@@ -96,8 +96,7 @@ def _callbacks(recorder: RunRecorder, config: TrainConfig, dev_scores, resumed: 
 
     class DevScores(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            scores = dev_scores()  # into logs in place: the callbacks after this one see them
-            logs["val_bleu4"], logs["val_cider_d"] = scores["BLEU-4"], scores["CIDEr-D"]
+            logs.update(dev_scores())  # in place: the callbacks after this one see them
 
     class Plateau(keras.callbacks.ReduceLROnPlateau):
         """Keras' schedule, whose counters a resumed run gets back (on_train_begin resets them)."""
