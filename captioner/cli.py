@@ -149,7 +149,7 @@ def extract(data, encoder, weights, features, batch_size, mirror, grid, shard, p
     )
     from captioner.data.shards import parse_shard
 
-    cache = features or default_cache_path(data, config.encoder.name, mirror, grid, legacy=False)
+    cache = features or default_cache_path(data, config.encoder.name, mirror, grid)
     summary = extract_features(
         data,
         cache,

@@ -1,8 +1,7 @@
-"""Small file helpers shared by every stage: atomic writes and restricted pickle reads."""
+"""Small file helpers shared by every stage: atomic writes and a restricted unpickler."""
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import tempfile
@@ -77,22 +76,3 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise UnsafePickleError(f"refusing to load {module}.{name}")
         found = self._allowed[module, name]
         return super().find_class(module, name) if found is IMPORT else found
-
-
-# The only globals a feature cache needs (numpy arrays and dtypes).
-_FEATURE_CACHE_GLOBALS = dict.fromkeys(
-    [
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-    ],
-    IMPORT,
-)
-
-
-def load_restricted_pickle(data: bytes):
-    """Unpickles plain containers and numpy arrays only; raises UnsafePickleError otherwise."""
-    return RestrictedUnpickler(io.BytesIO(data), _FEATURE_CACHE_GLOBALS).load()

@@ -18,11 +18,11 @@ from captioner.model.rundir import (
 
 
 def describe(path: str | Path | None = None) -> dict:
-    """A cache folder (or 0.1 `.pkl` cache) or a run directory (None: the shipped model)."""
+    """A cache folder or a run directory (None: the shipped model)."""
     path = Path(path) if path is not None else shipped_run_dir()
     if (path / RUN_FILE).is_file():
         return describe_run(path)
-    if (path / STORE_FILE).is_file() or path.suffix == ".pkl":
+    if (path / STORE_FILE).is_file():
         return describe_cache(path)
     raise CaptionerError(f"{path}: neither a feature cache nor a run directory")
 
@@ -47,10 +47,9 @@ def describe_cache(path: Path) -> dict:
     info = cache.info
     shape = [len(cache), info.cells, info.feature_dim // info.cells] if info.cells else [
         len(cache), info.feature_dim]  # fmt: skip
-    files = [path] if path.is_file() else [f for f in path.iterdir() if f.is_file()]
+    files = [f for f in path.iterdir() if f.is_file()]
     return {
         **about,
-        "format": "pickle (captioner 0.1)" if path.is_file() else "folder of .npy parts",
         "encoder": info.encoder,
         "weights": info.weights,
         "input_size": info.input_size,

@@ -37,7 +37,7 @@ def invoke(*args, code=0):
 def run_dir(flickr8k_data, tmp_path_factory):
     """One tiny run, trained once for this module: encoder batches of 8, greedy decoding."""
     folder = tmp_path_factory.mktemp("run")
-    features = folder / "features.pkl"
+    features = folder / "features"
     invoke("extract", "--data", flickr8k_data, "--encoder", TINY_ENCODER, "--weights", "none",
            "--features", features, "--no-progress")  # fmt: skip
     invoke("train", "--data", flickr8k_data, "--encoder", TINY_ENCODER, "--features", features,

@@ -46,6 +46,17 @@ def test_cache_from_another_encoder(flickr8k_data, tmp_path):
     )
 
 
+def test_a_pickle_cache_of_captioner_0_1_is_refused_with_the_way_out(flickr8k_data, tmp_path):
+    (tmp_path / "old.pkl").write_bytes(b"\x80\x04}\x94.")  # an empty pickled dict
+    line = fails("train", "--data", flickr8k_data, "--encoder", TINY_ENCODER,
+                 "--features", tmp_path / "old.pkl", "--run-dir", tmp_path / "run")  # fmt: skip
+    assert line == (
+        f"Error: {tmp_path / 'old.pkl'}: a file, not a feature cache (a folder with store.json): "
+        "run `captioner extract` again to make one"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_run_directory_without_a_model(tmp_path):
     (tmp_path / "run").mkdir()
     line = fails("caption", "--run", tmp_path / "run", "photo.jpg")

@@ -15,15 +15,11 @@ the next resumes. `extract --shard I/N` writes only shard I's parts: shards run 
 machines sharing the folder, a Slurm array) and are read together as one cache, refused when a
 shard is missing or a photo is in two parts. Parts are memory-mapped: reading a cache costs no
 RAM until rows are used, so training can stream a cache larger than memory (`FeatureRows`).
-
-Caches of captioner 0.1 (one pickle file, `.pkl`) are still read, through the restricted
-unpickler; `extract` writes only folders.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 import re
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -33,10 +29,9 @@ import numpy as np
 
 from captioner.data.shards import Shard
 from captioner.errors import CacheError
-from captioner.files import UnsafePickleError, atomic_file, load_restricted_pickle, write_atomic
+from captioner.files import atomic_file, write_atomic
 
 STORE_FORMAT = "captioner-store/1"
-LEGACY_FORMAT = "captioner-features/1"
 STORE_FILE = "store.json"
 # Pooled caches above this size are read row by row in training instead of copied into RAM
 # (grids always are): 256 MB is COCO's pooled Lite features at float32, a sixth of a laptop's RAM.
@@ -169,11 +164,12 @@ class FeatureRows:
 
 
 def load_feature_cache(path: str | Path) -> FeatureCache:
-    """Reads a cache written by `extract` (a folder; or a `.pkl` of captioner 0.1); raises
-    CacheError for anything else, naming what is wrong."""
+    """Reads a cache folder written by `extract`; raises CacheError for anything else, naming
+    what is wrong."""
     path = Path(path)
     if path.is_file():
-        return _load_legacy(path)
+        raise CacheError(f"{path}: a file, not a feature cache (a folder with store.json): run "
+                         "`captioner extract` again to make one")  # fmt: skip
     if not (path / STORE_FILE).is_file():
         what = "not a feature cache (no store.json)" if path.is_dir() else "feature cache not found"
         raise CacheError(f"{path}: {what}: run `captioner extract` first")
@@ -257,29 +253,6 @@ def _read_part(part_json: Path, info: CacheInfo, row_of: dict[str, int], start: 
     return rows
 
 
-def _load_legacy(path: Path) -> FeatureCache:
-    """A one-file pickle cache of captioner 0.1, read through the restricted unpickler."""
-    try:
-        data = load_restricted_pickle(path.read_bytes())
-    except UnsafePickleError as error:
-        raise CacheError(f"{path}: not a safe feature cache ({error})") from None
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
-        raise CacheError(f"{path}: unreadable feature cache ({error})") from None
-    if not isinstance(data, dict) or data.get("format") != LEGACY_FORMAT:
-        raise CacheError(f"{path}: not a captioner feature cache")
-    info = CacheInfo(
-        data["encoder"], data["input_size"], data["feature_dim"], data["weights"],
-        bool(data.get("mirrored", False)), int(data.get("cells", 0)),
-    )  # fmt: skip
-    names = list(data["features"])
-    for name, vector in data["features"].items():
-        if not (isinstance(vector, np.ndarray) and vector.shape == (info.feature_dim,)):
-            raise CacheError(f"{path}: the vector of {name} is not {info.feature_dim} numbers")
-    matrix = np.stack([data["features"][n] for n in names]) if names else None
-    parts = [] if matrix is None else [matrix.astype(info.dtype, copy=False)]
-    return FeatureCache(path, info, parts, {n: i for i, n in enumerate(names)}, {Shard(): True})
-
-
 # --- writing -------------------------------------------------------------------------------
 
 
@@ -348,13 +321,8 @@ def default_cache_path(
     encoder: str,
     mirrored: bool = False,
     grid: bool = False,
-    *,
-    legacy: bool = True,
 ) -> Path:
     """Where `extract` puts the cache unless told: data/<dataset folder>-<encoder>/, with
-    -mirrored for the mirrored photos and -grid for feature grids. With `legacy`, a `.pkl` cache
-    of captioner 0.1 at the same place is used while no folder exists (for reading)."""
+    -mirrored for the mirrored photos and -grid for feature grids."""
     suffix = ("-mirrored" if mirrored else "") + ("-grid" if grid else "")
-    folder = Path("data") / f"{Path(data_root).resolve().name}-{encoder}{suffix}"
-    old = folder.with_name(folder.name + ".pkl")
-    return old if legacy and old.is_file() and not folder.exists() else folder
+    return Path("data") / f"{Path(data_root).resolve().name}-{encoder}{suffix}"
