@@ -74,8 +74,8 @@ def run_training(data: str, cache_path: str, scale: int, steps: int) -> dict:
     import keras
 
     from captioner.config import load_config
-    from captioner.data.arrays import caption_arrays, cleaned_captions
     from captioner.data.text import build_vocabulary
+    from captioner.features.arrays import caption_arrays, cleaned_captions
     from captioner.features.store import FeatureRows, load_feature_cache
     from captioner.model.decoder import build_decoder
     from captioner.training.pipeline import make_batches

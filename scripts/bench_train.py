@@ -48,9 +48,9 @@ BATCH, SIZE = 64, 256
 
 
 def load(data: str, features: str, min_count: int):
-    from captioner.data.arrays import caption_arrays, references
     from captioner.data.datasets import load_dataset
     from captioner.data.text import build_vocabulary
+    from captioner.features.arrays import caption_arrays, references
     from captioner.features.store import load_feature_cache
 
     dataset = load_dataset(data)
