@@ -1,6 +1,16 @@
-"""Greedy and beam search on decoders whose next-word probabilities the tests set by hand."""
+"""Greedy and beam search on decoders whose next-word probabilities the tests set by hand.
+
+Every scenario runs through both searches: TensorFlow's (captioner.model.search) and the NumPy
+twin the exported runtime uses (captioner.runtime.search), which must be the same algorithm.
+"""
 
 from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +18,7 @@ import pytest
 from captioner.config import DecodeConfig, ModelConfig
 from captioner.data.text import END_ID, PAD_ID, START_ID, UNK_ID
 from captioner.model.search import make_beam_search, make_decoder, make_greedy_search
+from captioner.runtime import search as numpy_search
 
 A, B, C = 4, 5, 6  # word ids after the four special tokens
 V = 7
@@ -42,6 +53,92 @@ class BigramSteps:
         return tf.gather(self.log_table, tokens), state
 
 
+class NumpyBigramSteps:
+    """BigramSteps for the NumPy search: arrays in, arrays out, as an ONNX decoder step."""
+
+    def __init__(self, table: dict[int, dict[int, float]], never_ends: bool = False):
+        self.log_table = log_bigrams(table, V, never_ends)
+
+    def initial_state(self, features):
+        return [features]
+
+    def step(self, tokens, state):
+        return np.take(self.log_table, tokens, axis=0), state
+
+
+class NumpyStepsOf:
+    """TensorFlow steps (DecoderSteps, EnsembleSteps) run by the NumPy search: each call converts
+    its arrays to tensors and back, as the runtime's ONNX session does."""
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def initial_state(self, features):
+        import tensorflow as tf
+
+        return [s.numpy() for s in self.steps.initial_state(tf.constant(features))]
+
+    def step(self, tokens, state):
+        import tensorflow as tf
+
+        log_probs, state = self.steps.step(tf.constant(tokens), [tf.constant(s) for s in state])
+        return log_probs.numpy(), [s.numpy() for s in state]
+
+
+def _numpy(result):
+    return tuple(x.numpy() for x in result) if isinstance(result, tuple) else result.numpy()
+
+
+class TensorFlowSearch:
+    """captioner.model.search, returning arrays: f(features) -> ids, or (ids, scores)."""
+
+    bigrams = BigramSteps
+
+    def photos(self, log_tables):
+        return PhotoSteps(log_tables)
+
+    def of(self, steps):
+        return steps
+
+    def greedy(self, steps, *args, **options):
+        search = make_greedy_search(steps, *args, **options)
+        return lambda features: _numpy(search(features))
+
+    def beam(self, steps, *args, **options):
+        search = make_beam_search(steps, *args, **options)
+        return lambda features: _numpy(search(features))
+
+    decoder = staticmethod(make_decoder)
+
+
+class NumpySearch:
+    """captioner.runtime.search with the same signatures as TensorFlowSearch."""
+
+    bigrams = NumpyBigramSteps
+
+    def photos(self, log_tables):
+        return NumpyPhotoSteps(log_tables)
+
+    of = NumpyStepsOf
+
+    def greedy(self, steps, *args, **options):
+        return lambda features: numpy_search.greedy_search(steps, features, *args, **options)
+
+    def beam(self, steps, *args, **options):
+        return lambda features: numpy_search.beam_search(steps, features, *args, **options)
+
+    def decoder(self, steps, vocabulary_size, config, **options):
+        return functools.partial(
+            numpy_search.decode, steps, vocabulary_size=vocabulary_size, config=config, **options
+        )
+
+
+@pytest.fixture(params=[TensorFlowSearch(), NumpySearch()], ids=["tensorflow", "numpy"])
+def search(request):
+    """Each search, TensorFlow's and the runtime's NumPy twin, through one set of signatures."""
+    return request.param
+
+
 # Greedy takes "a" (0.5) and then must end at 0.5 * 0.34 = 0.17; beam keeps "b" (0.4), which
 # ends with 0.9: 0.36 in all.
 TRAP = {
@@ -52,110 +149,121 @@ TRAP = {
 FEATURES = np.zeros((1, 2), np.float32)
 
 
-def test_beam_finds_the_more_probable_caption_that_greedy_misses():
-    steps = BigramSteps(TRAP)
-    greedy = make_greedy_search(steps, V, max_length=5)(FEATURES).numpy()
+def test_beam_finds_the_more_probable_caption_that_greedy_misses(search):
+    steps = search.bigrams(TRAP)
+    greedy = search.greedy(steps, V, max_length=5)(FEATURES)
     assert list(greedy[0]) == [A, END_ID, 0, 0, 0]
-    ids, scores = make_beam_search(steps, V, beam_size=2, max_length=5)(FEATURES)
-    assert list(ids.numpy()[0]) == [B, END_ID, 0, 0, 0]
-    assert scores.numpy()[0] == pytest.approx(np.log(0.36) / 2**0.7, rel=1e-5)
+    ids, scores = search.beam(steps, V, beam_size=2, max_length=5)(FEATURES)
+    assert list(ids[0]) == [B, END_ID, 0, 0, 0]
+    assert scores[0] == pytest.approx(np.log(0.36) / 2**0.7, rel=1e-5)
+    assert ids.dtype == greedy.dtype == np.int32 and scores.dtype == np.float32
 
 
-def test_a_beam_wider_than_the_vocabulary_finds_the_same_caption():
-    ids, scores = make_beam_search(BigramSteps(TRAP), V, beam_size=V + 2, max_length=5)(FEATURES)
-    assert list(ids.numpy()[0]) == [B, END_ID, 0, 0, 0]
-    assert scores.numpy()[0] == pytest.approx(np.log(0.36) / 2**0.7, rel=1e-5)
+def test_a_beam_wider_than_the_vocabulary_finds_the_same_caption(search):
+    ids, scores = search.beam(search.bigrams(TRAP), V, beam_size=V + 2, max_length=5)(FEATURES)
+    assert list(ids[0]) == [B, END_ID, 0, 0, 0]
+    assert scores[0] == pytest.approx(np.log(0.36) / 2**0.7, rel=1e-5)
 
 
-def test_greedy_scores_its_caption_as_beam_search_does():
+def test_greedy_scores_its_caption_as_beam_search_does(search):
     # Greedy's "a <end>" has P = 0.5 * 0.34; scored log P / length ** penalty, as beam ranks.
-    steps = BigramSteps(TRAP)
-    ids, scores = make_greedy_search(steps, V, max_length=5, length_penalty=0.7)(FEATURES)
-    assert list(ids.numpy()[0]) == [A, END_ID, 0, 0, 0]
-    assert scores.numpy()[0] == pytest.approx(np.log(0.5 * 0.34) / 2**0.7, rel=1e-5)
-    decode = make_decoder(steps, V, DecodeConfig(beam_size=1, max_length=5), scores=True)
-    assert decode(FEATURES)[1][0] == pytest.approx(scores.numpy()[0])
-    beam_ids, beam_scores = make_decoder(
+    steps = search.bigrams(TRAP)
+    ids, scores = search.greedy(steps, V, max_length=5, length_penalty=0.7)(FEATURES)
+    assert list(ids[0]) == [A, END_ID, 0, 0, 0]
+    assert scores[0] == pytest.approx(np.log(0.5 * 0.34) / 2**0.7, rel=1e-5)
+    decode = search.decoder(steps, V, DecodeConfig(beam_size=1, max_length=5), scores=True)
+    assert decode(FEATURES)[1][0] == pytest.approx(scores[0])
+    beam_ids, beam_scores = search.decoder(
         steps, V, DecodeConfig(beam_size=2, max_length=5), scores=True
     )(FEATURES)
     assert list(beam_ids[0]) == [B, END_ID, 0, 0, 0]
     assert beam_scores[0] == pytest.approx(np.log(0.36) / 2**0.7, rel=1e-5)
 
 
-def test_beam_returns_the_best_unfinished_caption_when_none_ends():
+def test_beam_returns_the_best_unfinished_caption_when_none_ends(search):
     never_ends = {START_ID: {A: 0.6, B: 0.4}, A: {B: 0.7, C: 0.3}, B: {A: 0.8, C: 0.2}, C: {A: 1.0}}
-    steps = BigramSteps(never_ends, never_ends=True)
-    ids, _ = make_beam_search(steps, V, beam_size=3, max_length=4)(FEATURES)
-    assert list(ids.numpy()[0]) == [A, B, A, B]
+    steps = search.bigrams(never_ends, never_ends=True)
+    ids, _ = search.beam(steps, V, beam_size=3, max_length=4)(FEATURES)
+    assert list(ids[0]) == [A, B, A, B]
 
 
-def test_length_penalty_changes_which_caption_wins():
+def test_length_penalty_changes_which_caption_wins(search):
     # "a <end>": 0.3 * 0.9 = 0.27; "b c <end>": 0.7 * 0.4 * 0.9 = 0.252, less probable but
     # better per token: log(0.27) / 2 = -0.655 < log(0.252) / 3 = -0.459.
     table = {START_ID: {A: 0.3, B: 0.7}, A: {END_ID: 0.9, C: 0.1}, B: {C: 0.4, END_ID: 0.1},
              C: {END_ID: 0.9, A: 0.1}}  # fmt: skip
-    steps = BigramSteps(table)
-    plain = make_beam_search(steps, V, 3, 5, length_penalty=0.0)(FEATURES)[0].numpy()[0]
-    per_token = make_beam_search(steps, V, 3, 5, length_penalty=1.0)(FEATURES)[0].numpy()[0]
+    steps = search.bigrams(table)
+    plain = search.beam(steps, V, 3, 5, length_penalty=0.0)(FEATURES)[0][0]
+    per_token = search.beam(steps, V, 3, 5, length_penalty=1.0)(FEATURES)[0][0]
     assert list(plain[:2]) == [A, END_ID]
     assert list(per_token[:3]) == [B, C, END_ID]
 
 
-def test_repeated_ngrams_can_be_blocked():
+def test_repeated_ngrams_can_be_blocked(search):
     loop = {START_ID: {A: 0.9, B: 0.1}, A: {B: 0.9, END_ID: 0.1}, B: {A: 0.9, END_ID: 0.1}}
-    steps = BigramSteps(loop)
-    free = make_beam_search(steps, V, 2, 6, length_penalty=1.0)(FEATURES)[0].numpy()[0]
-    blocked = make_beam_search(steps, V, 2, 6, 1.0, no_repeat_ngram=2)(FEATURES)[0].numpy()[0]
+    steps = search.bigrams(loop)
+    free = search.beam(steps, V, 2, 6, length_penalty=1.0)(FEATURES)[0][0]
+    blocked = search.beam(steps, V, 2, 6, 1.0, no_repeat_ngram=2)(FEATURES)[0][0]
     assert list(free[:4]) == [A, B, A, B]
     words = [w for w in blocked if w not in (0, END_ID)]
     bigrams = list(zip(words, words[1:]))
     assert len(bigrams) == len(set(bigrams))
 
 
-@pytest.mark.parametrize("beam_size", [1, 3])
-def test_a_batch_gives_the_same_captions_as_each_image_alone(beam_size):
+@functools.cache
+def tiny_decoder(seed: int, decoder: str = "lstm", hidden_layer: bool = False, sharp=False):
+    """An untrained decoder over 30 words and 12 features (a grid of 4 cells of 3 channels with
+    attention), its weights drawn from `seed`; `sharp`: logits * 8, captions of many lengths."""
     import keras
 
-    from captioner.model.decoder import DecoderSteps, build_decoder
+    from captioner.model.decoder import build_decoder
 
-    keras.utils.set_random_seed(1)
-    model = build_decoder(ModelConfig(embedding_dim=8, units=16, dropout=0.0), 30, 12)
+    keras.utils.set_random_seed(seed)
+    config = ModelConfig(8, 16, 0.0, hidden_layer, decoder, attention_dim=8)
+    model = build_decoder(config, 30, 12, cells=4 if decoder == "attention" else 0)
+    if sharp:
+        kernel = model.get_layer("logits").kernel
+        kernel.assign(kernel.numpy() * 8)
+    return model
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_a_batch_gives_the_same_captions_as_each_image_alone(search, beam_size):
+    from captioner.model.decoder import DecoderSteps
+
+    steps = search.of(DecoderSteps(tiny_decoder(1, hidden_layer=True)))
     features = np.random.RandomState(0).normal(size=(6, 12)).astype(np.float32) * 3
-    decode = make_decoder(DecoderSteps(model), 30, DecodeConfig(beam_size=beam_size, max_length=8))
+    decode = search.decoder(steps, 30, DecodeConfig(beam_size=beam_size, max_length=8))
     batch = decode(features)
     alone = np.concatenate([decode(features[i : i + 1]) for i in range(len(features))])
     np.testing.assert_array_equal(batch, alone)
     assert len({tuple(row) for row in batch}) > 1  # the images do get different captions
 
 
-def test_an_ensemble_averages_the_members_probabilities():
+def test_an_ensemble_averages_the_members_probabilities(search):
     from captioner.model.decoder import EnsembleSteps
 
     sure_a = BigramSteps({START_ID: {A: 0.9, B: 0.1}, A: {END_ID: 1.0}, B: {END_ID: 1.0}})
     sure_b = BigramSteps({START_ID: {A: 0.2, B: 0.8}, A: {END_ID: 1.0}, B: {END_ID: 1.0}})
     # Mean probabilities after <start>: a (0.9 + 0.2) / 2 = 0.55, b 0.45.
     for steps, first in ((sure_b, B), (EnsembleSteps([sure_a, sure_b]), A)):
-        ids, score = make_beam_search(steps, V, 2, 3, length_penalty=0.0)(FEATURES)
-        assert ids.numpy()[0][0] == first
+        ids, score = search.beam(search.of(steps), V, 2, 3, length_penalty=0.0)(FEATURES)
+        assert ids[0][0] == first
     assert float(score[0]) == pytest.approx(np.log(0.55), rel=1e-4)
 
 
 @pytest.mark.parametrize(
     "hidden_layer, decoder", [(True, "lstm"), (False, "lstm"), (False, "attention")]
 )
-def test_step_by_step_decoding_runs_the_trained_model_exactly(hidden_layer, decoder):
+def test_step_by_step_decoding_runs_the_trained_model_exactly(search, hidden_layer, decoder):
     """Greedy words fed back through the whole-sequence model are its arg-max at every step."""
-    import keras
+    from captioner.model.decoder import DecoderSteps
 
-    from captioner.model.decoder import DecoderSteps, build_decoder
-
-    keras.utils.set_random_seed(2)
-    config = ModelConfig(8, 16, 0.0, hidden_layer, decoder, attention_dim=8)
-    # With attention: 12 features = a grid of 4 cells of 3 channels.
-    model = build_decoder(config, 30, 12, cells=4 if decoder == "attention" else 0)
+    model = tiny_decoder(2, decoder, hidden_layer)
     features = np.random.RandomState(1).normal(size=(4, 12)).astype(np.float32) * 3
-    ids = make_greedy_search(DecoderSteps(model), 30, max_length=6, suppress_unk=False)(features)
-    for vector, row in zip(features, ids.numpy()):
+    greedy = search.greedy(search.of(DecoderSteps(model)), 30, max_length=6, suppress_unk=False)
+    ids = greedy(features)
+    for vector, row in zip(features, ids):
         words = [int(w) for w in row if w != 0]  # the caption, with <end> if it was reached
         logits = model([vector[None], np.array([[START_ID, *words[:-1]]])], training=False)
         logits = logits.numpy()[0]
@@ -245,6 +353,30 @@ class PhotoSteps:
         self.rows.assign_add(tf.size(tokens))
         return tf.gather_nd(self.log_tables, tf.stack([state[0], tokens], axis=1)), state
 
+    def rows_counted(self) -> int:
+        """The decoder rows run since the last call."""
+        rows = int(self.rows.numpy())
+        self.rows.assign(0)
+        return rows
+
+
+class NumpyPhotoSteps:
+    """PhotoSteps for the NumPy search."""
+
+    def __init__(self, log_tables):
+        self.log_tables, self.rows = np.stack(log_tables), 0
+
+    def initial_state(self, features):
+        return [features[:, 0].astype(np.int32)]
+
+    def step(self, tokens, state):
+        self.rows += tokens.size
+        return self.log_tables[state[0], tokens], state
+
+    def rows_counted(self) -> int:
+        rows, self.rows = self.rows, 0
+        return rows
+
 
 def searched_to_max_length(log_table, beam_size, max_length, alpha, no_repeat_ngram):
     """One photo's beam search in plain numpy, every step up to max_length with no early stop:
@@ -286,62 +418,142 @@ def repeated_ngram_ends(words, n):
 
 
 @pytest.mark.parametrize("no_repeat_ngram", [0, 2, 3])
-def test_each_photo_gets_the_answer_of_a_search_run_to_max_length(no_repeat_ngram):
+def test_each_photo_gets_the_answer_of_a_search_run_to_max_length(search, no_repeat_ngram):
     """Stopping a photo early changes nothing: the batch answers what numpy finds searching
     every photo to max_length, and each photo alone what it does in the batch, bit for bit."""
-    search = make_beam_search(PhotoSteps(PHOTO_TABLES), W, 3, MAX, 0.7, no_repeat_ngram)
+    beam = search.beam(search.photos(PHOTO_TABLES), W, 3, MAX, 0.7, no_repeat_ngram)
     photos = np.arange(len(PHOTO_TABLES), dtype=np.float32)[:, None]
-    ids, scores = (x.numpy() for x in search(photos))
+    ids, scores = beam(photos)
     for photo, log_table in enumerate(PHOTO_TABLES):
         expected = searched_to_max_length(log_table, 3, MAX, 0.7, no_repeat_ngram)
         assert list(ids[photo]) == list(expected[0]), photo
         assert scores[photo] == pytest.approx(expected[1], rel=1e-6, abs=1e-6), photo
-        alone_ids, alone_score = (x.numpy()[0] for x in search(photos[photo : photo + 1]))
-        assert list(alone_ids) == list(ids[photo]) and alone_score == scores[photo]
+        alone_ids, alone_scores = beam(photos[photo : photo + 1])
+        assert list(alone_ids[0]) == list(ids[photo]) and alone_scores[0] == scores[photo]
     lengths = (ids != 0).sum(axis=1)  # words, and <end> if it came
     assert lengths.min() == 2 and lengths.max() == MAX and len(set(lengths)) >= 4
     assert END_ID not in ids[2] and 0 not in ids[2]  # never ends: its best live beam
 
 
-def test_finished_photos_leave_the_working_set():
+def test_finished_photos_leave_the_working_set(search):
     """A batch runs the decoder on as many rows as its photos alone: the photo that runs to
     max_length does not keep the others' beams decoding."""
-    steps = PhotoSteps(PHOTO_TABLES)
-    search = make_beam_search(steps, W, 3, MAX, 0.7)
+    steps = search.photos(PHOTO_TABLES)
+    beam = search.beam(steps, W, 3, MAX, 0.7)
     photos = np.arange(len(PHOTO_TABLES), dtype=np.float32)[:, None]
     alone = []
     for photo in photos:
-        steps.rows.assign(0)
-        search(photo[None])
-        alone.append(int(steps.rows.numpy()))
-    steps.rows.assign(0)
-    search(photos)
-    assert int(steps.rows.numpy()) == sum(alone)
+        beam(photo[None])
+        alone.append(steps.rows_counted())
+    beam(photos)
+    assert steps.rows_counted() == sum(alone)
     # One row per photo for the first word, K = 3 after; "a <end>" is done at the second word.
     assert max(alone) == 1 + 3 * (MAX - 1) and min(alone) == 1 + 3
 
 
 @pytest.mark.parametrize("decoder", ["lstm", "attention"])
-def test_beam_scores_are_the_models_own_probabilities_of_its_captions(decoder):
+def test_beam_scores_are_the_models_own_probabilities_of_its_captions(search, decoder):
     """The decoder state follows each beam as beams change parents and photos leave the batch:
     each caption's score is log P / length ** 0.7 by the whole-sequence model."""
-    import keras
+    from captioner.model.decoder import DecoderSteps
 
-    from captioner.model.decoder import DecoderSteps, build_decoder
-
-    keras.utils.set_random_seed(3)
-    config = ModelConfig(8, 16, 0.0, False, decoder, attention_dim=8)
-    model = build_decoder(config, 30, 12, cells=4 if decoder == "attention" else 0)
-    kernel = model.get_layer("logits").kernel  # sharper: captions of many lengths
-    kernel.assign(kernel.numpy() * 8)
+    model = tiny_decoder(3, decoder, sharp=True)
     features = np.random.RandomState(2).normal(size=(16, 12)).astype(np.float32) * 3
-    ids, scores = make_beam_search(DecoderSteps(model), 30, 3, 10, 0.7)(features)
-    lengths = []
-    for vector, row, score in zip(features, ids.numpy(), scores.numpy()):
-        words = [int(w) for w in row if w != 0]  # and <end>, unless it ran to max_length
-        logits = model([vector[None], np.array([[START_ID, *words[:-1]]])], training=False)
-        logits = logits.numpy()[0].astype(np.float64)
-        log_p = logits[np.arange(len(words)), words] - np.log(np.exp(logits).sum(-1))
+    ids, scores = search.beam(search.of(DecoderSteps(model)), 30, 3, 10, 0.7)(features)
+    captions = [[int(w) for w in row if w != 0] for row in ids]  # and <end>, unless at max
+    inputs = np.zeros(ids.shape, np.int32)  # (16, 10) teacher forcing; <pad> after each caption
+    for row, words in zip(inputs, captions):
+        row[: len(words)] = [START_ID, *words[:-1]]
+    logits = model([features, inputs], training=False).numpy().astype(np.float64)  # (16, 10, V)
+    for row_logits, words, score in zip(logits, captions, scores):
+        row_logits = row_logits[: len(words)]  # the LSTM reads left to right: <pad> after is moot
+        log_p = row_logits[np.arange(len(words)), words] - np.log(np.exp(row_logits).sum(-1))
         assert score == pytest.approx(log_p.sum() / len(words) ** 0.7, rel=1e-4)
-        lengths.append(len(words))
-    assert len(set(lengths)) >= 3
+    assert len({len(words) for words in captions}) >= 3
+
+
+# The NumPy twin against TensorFlow's search, on cases no one picked by hand.
+
+
+@pytest.mark.parametrize("beam_size, no_repeat_ngram", [(1, 0), (1, 3), (3, 0), (3, 3)])
+def test_the_runtime_search_gives_tensorflows_captions_and_scores_on_a_decoder(
+    beam_size, no_repeat_ngram
+):
+    """The exported captioner's answers are the trained one's: same words, same scores."""
+    from captioner.model.decoder import DecoderSteps
+
+    steps = DecoderSteps(tiny_decoder(3, "lstm", sharp=True))
+    features = np.random.RandomState(4).normal(size=(16, 12)).astype(np.float32) * 3
+    options = (30, beam_size, 10, 0.7, no_repeat_ngram)
+    ids, scores = _numpy(make_beam_search(steps, *options)(features))
+    twin_ids, twin_scores = numpy_search.beam_search(NumpyStepsOf(steps), features, *options)
+    np.testing.assert_array_equal(twin_ids, ids)
+    np.testing.assert_allclose(twin_scores, scores, rtol=1e-5)
+    assert len({tuple(row) for row in ids}) > 8  # the photos do get different captions
+
+
+def test_the_runtime_greedy_search_gives_tensorflows_captions_and_scores_on_a_decoder():
+    from captioner.model.decoder import DecoderSteps
+
+    steps = DecoderSteps(tiny_decoder(3, "lstm", sharp=True))
+    features = np.random.RandomState(5).normal(size=(16, 12)).astype(np.float32) * 3
+    ids, scores = _numpy(make_greedy_search(steps, 30, 10, length_penalty=0.7)(features))
+    twin = numpy_search.greedy_search(NumpyStepsOf(steps), features, 30, 10, length_penalty=0.7)
+    np.testing.assert_array_equal(twin[0], ids)
+    np.testing.assert_allclose(twin[1], scores, rtol=1e-5)
+
+
+def random_log_tables(seed: int, count: int, size: int = 12):
+    """`count` bigram tables (size, size), log P float32, made to tie: each row a permutation of
+    one table's few probabilities (beams and words tie), a quarter of the rows one sure word,
+    <end> among them (a longer caption ties with a shorter one)."""
+    rng = np.random.default_rng(seed)
+    tables = []
+    for _ in range(count):
+        base = rng.choice([0.0, 1.0, 2.0, 4.0], size, p=[0.3, 0.3, 0.3, 0.1]) + np.eye(size)[B]
+        weights = np.stack([rng.permutation(base) for _ in range(size)])
+        sure = (rng.random(size) < 0.25) & (np.arange(size) != START_ID)
+        weights[sure] = np.eye(size)[rng.integers(END_ID, size, sure.sum())]
+        with np.errstate(divide="ignore"):
+            tables.append(np.log(weights / weights.sum(1, keepdims=True)).astype(np.float32))
+    return tables
+
+
+@pytest.mark.parametrize(
+    "beam_size, length_penalty, no_repeat_ngram",
+    [(1, 0.7, 0), (2, 0.0, 2), (3, 1.0, 0), (4, 0.0, 3), (5, 0.5, 2)],
+)
+def test_the_runtime_search_gives_tensorflows_captions_on_random_bigram_tables(
+    beam_size, length_penalty, no_repeat_ngram
+):
+    """Photos of several seeds' random tables, with ties everywhere (which beam goes on, which
+    ending is kept): the same captions and the same scores, ties broken the same way."""
+    tables = [t for seed in range(4) for t in random_log_tables(seed, 6)]
+    photos = np.arange(len(tables), dtype=np.float32)[:, None]
+    options = (12, beam_size, 8, length_penalty, no_repeat_ngram)
+    ids, scores = _numpy(make_beam_search(PhotoSteps(tables), *options)(photos))
+    twin_ids, twin_scores = numpy_search.beam_search(NumpyPhotoSteps(tables), photos, *options)
+    np.testing.assert_array_equal(twin_ids, ids)
+    np.testing.assert_allclose(twin_scores, scores, rtol=1e-6)
+
+
+def test_the_runtime_greedy_search_gives_tensorflows_captions_on_random_bigram_tables():
+    tables = [t for seed in range(4) for t in random_log_tables(seed, 6)]
+    photos = np.arange(len(tables), dtype=np.float32)[:, None]
+    greedy = make_greedy_search(PhotoSteps(tables), 12, 8, length_penalty=0.7)
+    ids, scores = _numpy(greedy(photos))
+    twin = numpy_search.greedy_search(NumpyPhotoSteps(tables), photos, 12, 8, length_penalty=0.7)
+    np.testing.assert_array_equal(twin[0], ids)
+    np.testing.assert_allclose(twin[1], scores, rtol=1e-6)
+
+
+def test_the_runtime_search_imports_neither_tensorflow_nor_keras():
+    """The exported captioner runs where TensorFlow is not installed."""
+    code = (
+        "import sys, captioner.runtime.search; "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, sorted(sys.modules)"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    path = [root, *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
