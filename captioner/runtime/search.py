@@ -10,8 +10,8 @@ arrays) and `step(tokens (B,) int32, state) -> (log-probabilities (B, V) float32
 Beam search ranks hypotheses by log P / length ** length_penalty, where length counts the words
 and the <end> token. Finished hypotheses are kept aside (the best one per image); an image
 leaves the search as soon as no live beam of its own can beat that one, and gets its best live
-beam when none finished by max_length. See `_BeamSearch` there for why stopping early changes
-no answer.
+beam when none finished by max_length (captioner.model.search._BeamSearch says why stopping
+early changes no answer).
 
 Ties go where TensorFlow sends them: tf.argmax and tf.math.top_k take the lower index first, and
 so do np.argmax and `_top_k` here. Arithmetic is float32, as there, but for length ** penalty,
@@ -43,9 +43,8 @@ def _banned_masks(vocabulary_size: int, suppress_unk: bool):
 def _normalize(log_p, length, length_penalty: float):
     """log P / length ** length_penalty in float32: what hypotheses are ranked by."""
     # Correctly rounded, whatever SIMD loop NumPy picks for a float32 power.
-    divisor = (np.asarray(length, np.float64) ** np.float64(np.float32(length_penalty))).astype(
-        np.float32
-    )
+    exponent = np.float64(np.float32(length_penalty))  # the float32 TensorFlow uses
+    divisor = (np.asarray(length, np.float64) ** exponent).astype(np.float32)
     return (np.asarray(log_p, np.float32) / divisor).astype(np.float32)
 
 
