@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from captioner.config import EXPORT_FORMATS
 from captioner.errors import CaptionerError
 from captioner.options import (
     config_options,
@@ -472,6 +473,36 @@ def evaluate(run_dirs, split, data, features, report, beam, max_length, length_p
         click.echo(
             f"report -> {write_report(result, report, ', '.join(run_dirs) or 'reference model')}"
         )
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("out", type=click.Path(file_okay=False))
+@run_options
+@click.option("--format", "export_format", type=click.Choice(EXPORT_FORMATS), default="saved_model",
+              show_default=True, help="saved_model: TensorFlow (TF Serving), photo bytes in and "
+              "words out; onnx: for python -m captioner.runtime, without TensorFlow.")  # fmt: skip
+@click.option("--version", "model_version", type=click.IntRange(1), default=1, show_default=True,
+              help="The SavedModel's version folder, OUT/VERSION, as TF Serving reads "
+              "them.")  # fmt: skip
+@click.option("--force", is_flag=True, help="Replace an export already there.")
+@decode_options
+def export(out, run_dirs, export_format, model_version, force, beam, max_length, length_penalty,
+           no_repeat_ngram):  # fmt: skip
+    """Write a trained captioner out for programs without captioner: TF Serving, or the light
+    runtime (no TensorFlow). Decodes with the run's settings unless told.
+
+    \b
+      captioner export exported/                       # the shipped model -> exported/1/
+      captioner export exported/ --run runs/flickr8k-seed0 --version 2
+      captioner export light/ --format onnx && python -m captioner.runtime light/ photo.jpg
+    """
+    from captioner.export.export import export_model
+
+    runs, decode = _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngram)
+    s = export_model(out, runs, export_format, decode, model_version, force)
+    click.echo(
+        f"exported {export_format} ({s.bytes / 1e6:.1f} MB) in {s.seconds:.0f} s -> {s.folder}"
+    )
 
 
 @cli.command(context_settings=CONTEXT)

@@ -24,6 +24,9 @@ else:  # pragma: no cover
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DECODERS = ("lstm", "attention")
 STRATEGIES = ("one", "mirrored", "multiworker")  # built by captioner.training.distribute
+# What `captioner export` writes: a TensorFlow SavedModel (TF Serving), or ONNX models for the
+# light runtime without TensorFlow (captioner.runtime).
+EXPORT_FORMATS = ("saved_model", "onnx")
 # A selection score -> which way is better: it picks model.keras, drives early stopping, and
 # tells `captioner info` which epoch a run kept.
 SELECT_MODE = {"val_loss": "min", "val_bleu4": "max"}

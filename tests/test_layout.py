@@ -16,6 +16,7 @@ STAGES = {
     "captioner.inference.caption",
     "captioner.inference.evaluate",
     "captioner.serving.app",
+    "captioner.export.export",
     "captioner.info",
 }
 # The rooms, bottom up: a room may use the ground (config, errors, files, metrics, quiet) and the
@@ -28,6 +29,7 @@ ROOMS_BELOW = {
     "training": {"data", "features", "model"},
     "inference": {"data", "features", "model"},
     "serving": {"data", "features", "model", "inference"},
+    "export": {"data", "features", "model"},
     # The exported captioner's light runtime: NumPy and onnxruntime, no model code, no TF.
     "runtime": {"data"},
 }

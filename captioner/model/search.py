@@ -378,6 +378,24 @@ def make_beam_search(
     return tf.function(search.run, input_signature=_features_signature())
 
 
+def make_search(steps, vocabulary_size: int, config):
+    """Returns a compiled f(features (B, D)) -> (ids (B, max_length), scores (B,)) with the
+    DecodeConfig settings: greedy for beam_size 1, else beam search; scores are log P /
+    length ** length_penalty either way."""
+    if config.beam_size <= 1:
+        return make_greedy_search(
+            steps, vocabulary_size, config.max_length, length_penalty=config.length_penalty
+        )
+    return make_beam_search(
+        steps,
+        vocabulary_size,
+        config.beam_size,
+        config.max_length,
+        config.length_penalty,
+        config.no_repeat_ngram,
+    )
+
+
 def make_decoder(steps, vocabulary_size: int, config, batch_size: int = 512, scores=False):
     """Returns f(features (N, D)) -> int32 word ids (N, max_length), with DecodeConfig settings.
 
@@ -385,20 +403,10 @@ def make_decoder(steps, vocabulary_size: int, config, batch_size: int = 512, sco
     search is compiled once and reused for every batch of `batch_size` images. With scores=True,
     f returns (ids, scores (N,)): log P / length ** length_penalty per caption, greedy or beam.
     """
-    if config.beam_size <= 1:
-        penalty = config.length_penalty if scores else None
-        search = make_greedy_search(
-            steps, vocabulary_size, config.max_length, length_penalty=penalty
-        )
+    if config.beam_size <= 1 and not scores:
+        search = make_greedy_search(steps, vocabulary_size, config.max_length)
     else:
-        search = make_beam_search(
-            steps,
-            vocabulary_size,
-            config.beam_size,
-            config.max_length,
-            config.length_penalty,
-            config.no_repeat_ngram,
-        )
+        search = make_search(steps, vocabulary_size, config)
 
     def decode(features: np.ndarray):
         ids, values = [np.zeros((0, config.max_length), np.int32)], [np.zeros(0, np.float32)]

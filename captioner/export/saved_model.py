@@ -1,0 +1,69 @@
+"""The whole path from photo bytes to words as one TensorFlow SavedModel: image decoding
+(captioner.export.photos), every distinct encoder, every ensemble member's decoder, the run's
+search with its settings, and the vocabulary. Signature `serving_default`: `images`, a 1-D
+string tensor of encoded photos -> `captions` (strings) and `scores` (log P / length **
+length_penalty, float32). Needs TensorFlow only: nothing of captioner runs when it is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from captioner.config import DecodeConfig
+from captioner.data.text import END_ID, PAD_ID, START_ID
+from captioner.model.rundir import Run, decoder_steps, encoder_runs
+
+
+def words_of(ids, words):
+    """ids (B, L) -> (B,) strings: the words up to the first <end>, as Vocabulary.decode reads
+    them. Graph code."""
+    import tensorflow as tf
+
+    ended = tf.cumsum(tf.cast(tf.equal(ids, END_ID), tf.int32), axis=1) > 0
+    keep = ~ended & tf.not_equal(ids, PAD_ID) & tf.not_equal(ids, START_ID)
+    tokens = tf.ragged.boolean_mask(tf.gather(words, ids), keep)
+    return tf.strings.reduce_join(tokens, axis=1, separator=" ")
+
+
+def caption_function(runs: list[Run], decoding: DecodeConfig):
+    """Returns (f, models): f(images (N,) string) -> {"captions", "scores"}, graph code over the
+    Keras `models` it uses (the encoders, then the decoders), which an export must track."""
+    import tensorflow as tf
+
+    from captioner.export.photos import photo_pixels
+    from captioner.model.search import make_search
+
+    size = runs[0].encoder.input_size
+    encoders = [run.load_encoder() for run in encoder_runs(runs)[0]]
+    steps = decoder_steps(runs)
+    decoders = [member.model for member in getattr(steps, "members", [steps])]
+    search = make_search(steps, len(runs[0].vocabulary), decoding)
+    words = tf.constant(runs[0].vocabulary.words)
+    pixels_spec = tf.TensorSpec([size, size, 3], tf.float32)
+
+    def caption(images):
+        pixels = tf.map_fn(lambda data: photo_pixels(data, size), images,
+                           fn_output_signature=pixels_spec)  # fmt: skip
+        count = tf.shape(images)[0]
+        features = [
+            tf.reshape(encoder(pixels, training=False), [count, -1]) for encoder in encoders
+        ]
+        ids, scores = search(tf.concat(features, axis=1))
+        return {"captions": words_of(ids, words), "scores": scores}
+
+    return caption, encoders + decoders
+
+
+def write_saved_model(runs: list[Run], decoding: DecodeConfig, folder: Path) -> None:
+    """The SavedModel of `runs` decoding with `decoding` into `folder`, traced on the CPU (a
+    graph traced on a GPU would carry cuDNN kernels that a CPU cannot run)."""
+    import tensorflow as tf
+
+    with tf.device("/cpu:0"):
+        caption, models = caption_function(runs, decoding)
+        module = tf.Module()
+        # The models' variables, each saved once (Keras' ExportArchive saved them twice).
+        module.weights = [weight.value for model in models for weight in model.weights]
+        signature = [tf.TensorSpec([None], tf.string, name="images")]
+        module.caption = tf.function(caption, input_signature=signature)
+        serving = module.caption.get_concrete_function()
+        tf.saved_model.save(module, str(folder), signatures={"serving_default": serving})

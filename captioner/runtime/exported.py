@@ -1,0 +1,111 @@
+"""An ONNX export of `captioner export --format onnx`, loaded and captioning photos.
+
+Photos are read by captioner.data.images (Pillow), as `captioner caption` reads them; start.onnx
+turns them into the decoders' first state and step.onnx gives each next word's probabilities,
+for the NumPy search of captioner.runtime.search with the exported decoding settings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from captioner.errors import RunError
+
+MANIFEST_FILE = "captioner-export.json"  # as captioner.export.export writes it
+BATCH = 16  # photos encoded and searched together
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The exported decoding settings (DecodeConfig's fields)."""
+
+    beam_size: int
+    max_length: int
+    length_penalty: float
+    no_repeat_ngram: int
+
+
+class _OnnxSteps:
+    """start.onnx and step.onnx as the search's steps: features are the photos themselves."""
+
+    def __init__(self, start, step):
+        self._start, self._step = start, step
+        self._state_names = [i.name for i in step.get_inputs() if i.name != "tokens"]
+
+    def initial_state(self, photos: np.ndarray) -> list[np.ndarray]:
+        return self._start.run(self._state_names, {"photos": photos})
+
+    def step(self, tokens: np.ndarray, state: list[np.ndarray]):
+        feed = {"tokens": tokens.astype(np.int32), **dict(zip(self._state_names, state))}
+        log_probs, *new_state = self._step.run(None, feed)
+        return log_probs, new_state
+
+
+class ExportedCaptioner:
+    """A folder written by `captioner export --format onnx`, ready to caption."""
+
+    def __init__(self, folder: str | Path):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise RunError("the runtime needs onnxruntime: pip install 'captioner[lite]'") from None
+        folder = Path(folder)
+        manifest = _read_manifest(folder)
+        self.words = manifest["vocabulary"]
+        self.input_size = manifest["input_size"]
+        self.decoding = Decoding(**manifest["decoding"])
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: no warnings about unused initializers
+        sessions = [onnxruntime.InferenceSession(str(folder / f"{name}.onnx"), options,
+                                                 providers=["CPUExecutionProvider"])
+                    for name in ("start", "step")]  # fmt: skip
+        self._steps = _OnnxSteps(*sessions)
+
+    def caption_images(self, photos: np.ndarray) -> list[tuple[str, float]]:
+        """(caption, score) for prepared photos, uint8 (N, size, size, 3)."""
+        from captioner.runtime.search import decode
+
+        ids, scores = decode(self._steps, photos.astype(np.float32), len(self.words),
+                             self.decoding, batch_size=BATCH, scores=True)  # fmt: skip
+        return [(self._words_of(row), float(score)) for row, score in zip(ids, scores)]
+
+    def caption_files(self, paths: list[Path]):
+        """Yields (path, caption or None, score or error) for each file, BATCH at a time."""
+        from captioner.data.images import try_load_image
+
+        for first in range(0, len(paths), BATCH):
+            chunk = paths[first : first + BATCH]
+            images = [try_load_image(path, self.input_size) for path in chunk]
+            good = [(p, i) for p, i in zip(chunk, images) if not isinstance(i, str)]
+            results = self.caption_images(np.stack([i for _, i in good])) if good else []
+            found = dict(zip([p for p, _ in good], results))
+            for path, image in zip(chunk, images):
+                yield (path, *found[path]) if path in found else (path, None, image)
+
+    def _words_of(self, ids) -> str:
+        from captioner.data.text import END_ID, PAD_ID, START_ID
+
+        words = []
+        for index in ids:
+            if index == END_ID:
+                break
+            if index not in (PAD_ID, START_ID):
+                words.append(self.words[index])
+        return " ".join(words)
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise RunError(f"{path}: cannot read the export's description ({error}): export again "
+                       "with `captioner export OUT --format onnx`") from None  # fmt: skip
+    if manifest.get("kind") != "onnx":
+        raise RunError(f"{folder}: a {manifest.get('kind')} export, not onnx: the runtime "
+                       "reads `captioner export OUT --format onnx`")  # fmt: skip
+    return manifest
