@@ -25,7 +25,9 @@ from captioner.options import (
 from captioner.quiet import import_tensorflow
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-WITHOUT_TENSORFLOW = {"encoders", "info"}  # commands that run in a blink without it
+# Commands that run in a blink without it; caption imports it only when it needs it (not with
+# a cached light export: captioner.inference.light).
+WITHOUT_TENSORFLOW = {"encoders", "info", "caption"}
 
 
 class CaptionerCommand(click.Command):
@@ -388,6 +390,11 @@ def caption(images, run_dirs, output, shard, decode_batch, progress, save, beam,
     shard = parse_shard(shard)
     runs, decode = _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngram)
     batch = {"decode_batch": decode_batch} if decode_batch else {}
+    from captioner.inference.light import cached_light_captioner, export_light_in_background
+
+    light = None if output else cached_light_captioner(runs)
+    if light is None:
+        import_tensorflow(verbose=click.get_current_context().find_root().params["verbose"])
     if output:
         _caption_to_file(runs, images, output, decode, shard, progress, save, batch)
         return
@@ -395,7 +402,7 @@ def caption(images, run_dirs, output, shard, decode_batch, progress, save, beam,
 
     failures = 0
     for result in stream_captions(
-        runs, list(images), decode, shard, progress=bool(progress), **batch
+        runs, list(images), decode, shard, progress=bool(progress), light=light, **batch
     ):
         if result.caption is None:
             failures += 1
@@ -409,6 +416,8 @@ def caption(images, run_dirs, output, shard, decode_batch, progress, save, beam,
                 if len(images) > 1 or Path(images[0]).is_dir():
                     output = output / f"{result.path.stem}.captioned.png"
                 draw_caption(result.path, result.caption, output)
+    if light is None:
+        export_light_in_background(runs)  # for a fast start next time
     if failures:
         sys.exit(1)
 

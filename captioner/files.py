@@ -76,3 +76,13 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise UnsafePickleError(f"refusing to load {module}.{name}")
         found = self._allowed[module, name]
         return super().find_class(module, name) if found is IMPORT else found
+
+
+def user_cache_dir() -> Path:
+    """``$CAPTIONER_CACHE``, else ``$XDG_CACHE_HOME/captioner`` (default ``~/.cache/captioner``):
+    converted weights and light exports, each under a name that says what made it."""
+    cache_dir = os.environ.get("CAPTIONER_CACHE")
+    if not cache_dir:
+        xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        cache_dir = Path(xdg) / "captioner"
+    return Path(cache_dir)

@@ -4,8 +4,10 @@ runtime runs without TensorFlow, both captioning photos as `Captioner.caption` d
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from click.testing import CliRunner
 
 from captioner.cli import cli
 from captioner.config import Config, merge
+from tests.conftest import CHELSEA
 
 pytestmark = pytest.mark.slow
 
@@ -44,14 +47,25 @@ runpy.run_module("captioner.runtime", run_name="__main__")
 """
 
 
+CLI = "from captioner.cli import main; main()"
+# Runs the `captioner` command where TensorFlow and Keras cannot be imported.
+CLI_WITHOUT_TENSORFLOW = """
+import sys
+sys.modules["tensorflow"] = sys.modules["keras"] = None
+from captioner.cli import main
+sys.argv = ["captioner", *sys.argv[1:]]
+main()
+"""
+
+
 def invoke(*args, code=0):
     result = CliRunner().invoke(cli, [str(a) for a in args])
     assert result.exit_code == code, result.output
     return result
 
 
-def python(code: str, *args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd,
+def python(code: str, *args, cwd, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
@@ -171,3 +185,25 @@ def test_a_second_version_joins_the_first_for_tf_serving(runs, tmp_path):
         "1", "2", "captioner-export.json"]  # fmt: skip
     manifest = json.loads((tmp_path / "served" / "captioner-export.json").read_text())
     assert manifest["versions"] == [1, 2] and manifest["decoding"]["beam_size"] == 3
+
+
+def test_caption_starts_from_a_cached_light_export_once_the_first_call_made_it(photos, tmp_path):
+    """The shipped model, as a user meets it: the first caption runs TensorFlow and leaves a
+    light export behind; the next ones need no TensorFlow and say the same."""
+    photos = [CHELSEA, *photos[:3]]
+    env = {**os.environ, "CAPTIONER_CACHE": str(tmp_path / "cache"), "CAPTIONER_FAST_START": "1"}
+    first = python(CLI, "caption", *photos, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    light = tmp_path / "cache" / "light"
+    deadline = time.monotonic() + 240  # the export runs on after the first call has ended
+    while not [p for p in light.glob("*-onnx-1") if p.is_dir()]:
+        assert time.monotonic() < deadline, list(light.iterdir())
+        time.sleep(1)
+    second = python(CLI_WITHOUT_TENSORFLOW, "caption", *photos, cwd=tmp_path, env=env)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout  # the same captions, without TensorFlow
+    # A damaged export is set aside (the next TensorFlow call exports it again).
+    (exported,) = [p for p in light.glob("*-onnx-1") if p.is_dir()]
+    (exported / "step.onnx").write_bytes(b"damaged")
+    broken = python(CLI_WITHOUT_TENSORFLOW, "caption", photos[0], cwd=tmp_path, env=env)
+    assert broken.returncode != 0 and not exported.exists()  # it went for TensorFlow

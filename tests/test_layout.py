@@ -27,7 +27,7 @@ ROOMS_BELOW = {
     "features": {"data"},
     "model": {"data", "features"},
     "training": {"data", "features", "model"},
-    "inference": {"data", "features", "model"},
+    "inference": {"data", "features", "model", "runtime"},
     "serving": {"data", "features", "model", "inference"},
     "export": {"data", "features", "model"},
     # The exported captioner's light runtime: NumPy and onnxruntime, no model code, no TF.

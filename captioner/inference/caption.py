@@ -59,9 +59,15 @@ def make_captioner(
     decode: DecodeConfig | None = None,
     batch_size: int | None = None,
     decode_batch: int = DECODE_BATCH,
+    light=None,
 ) -> Callable[[Iterable[Photo | str | Path]], Iterator[list[CaptionResult]]]:
     """Loads the model once through the Python API (captioner.inference.api, which `captioner
-    serve` uses too); returns f(photos) -> the iter_captions generator."""
+    serve` uses too), or uses `light`, the runs' light export (captioner.inference.light), which
+    needs no TensorFlow; returns f(photos) -> the iter_captions generator."""
+    if light is not None:
+        model = _LightModel(light, decode)
+        return lambda photos: _chunks_of_captions(photos, model, model.decoder, BATCH_OF_LIGHT,
+                                                  decode_batch)  # fmt: skip
     from captioner.inference.api import Captioner
     from captioner.model.rundir import load_runs
 
@@ -76,6 +82,24 @@ def make_captioner(
         return _chunks_of_captions(photos, captioner, decoder, batch_size, decode_batch)
 
     return caption
+
+
+BATCH_OF_LIGHT = 16  # photos read at a time for the light export (it searches 16 at a time)
+
+
+class _LightModel:
+    """A light export where _chunks_of_captions wants a Captioner: its "features" are the
+    photos themselves, which the export encodes and decodes in one go."""
+
+    def __init__(self, light, decode: DecodeConfig | None):
+        self.light, self.decode = light, decode
+        self.input_size = light.input_size
+
+    def features(self, images):
+        return images
+
+    def decoder(self, images):
+        return self.light.caption_images(images, self.decode)
 
 
 def iter_captions(
@@ -166,14 +190,17 @@ def stream_captions(
     shard: Shard | None = None,
     progress: bool = False,
     decode_batch: int = DECODE_BATCH,
+    light=None,
 ) -> Iterator[CaptionResult]:
     """One CaptionResult after another for the photos of `inputs` in `shard`, as they come
-    (with a tqdm progress bar on stderr if `progress`)."""
+    (with a tqdm progress bar on stderr if `progress`); through `light`, a light export, if
+    given (see make_captioner)."""
     from tqdm import tqdm
 
     photos = select_photos(inputs, shard)
+    caption = make_captioner(run_dirs, decode, decode_batch=decode_batch, light=light)
     with tqdm(total=len(photos), unit="photo", desc="caption", disable=not progress) as bar:
-        for chunk in iter_captions(run_dirs, photos, decode, decode_batch=decode_batch):
+        for chunk in caption(photos):
             yield from chunk
             bar.update(len(chunk))
 

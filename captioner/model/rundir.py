@@ -21,6 +21,7 @@ resume.npz         where `train --resume` continues: every variable of the model
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -275,3 +276,18 @@ def decoder_steps(runs: list[Run]):
         return members[0]
     distinct, columns = encoder_runs(runs)
     return EnsembleSteps(members, columns if len(distinct) > 1 else None)
+
+
+def runs_fingerprint(runs: list[Run]) -> str:
+    """A digest of everything that decides what the runs compute: each run's run.json,
+    vocabulary and weights files, in order (an export cached under it is theirs alone)."""
+    digest = hashlib.sha256()
+    for run in runs:
+        for name in (RUN_FILE, VOCABULARY_FILE, MODEL_FILE, WEIGHTS_FILE, ENCODER_FILE):
+            path = run.directory / name
+            if path.is_file():
+                digest.update(f"{len(name)}{name}{path.stat().st_size}".encode())
+                with path.open("rb") as file:
+                    for block in iter(lambda: file.read(1 << 20), b""):
+                        digest.update(block)
+    return digest.hexdigest()[:32]

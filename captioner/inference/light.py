@@ -1,0 +1,73 @@
+"""A fast start for `captioner caption`: a run's light export (ONNX, captioner.runtime),
+cached once, captions without importing TensorFlow.
+
+The first `captioner caption` with a model captions through TensorFlow as always, then starts
+`captioner export --format onnx` in the background into the cache, under a digest of the
+runs' files (captioner.model.rundir.runs_fingerprint): a changed run gets a new export, and a
+half-written one is never read (exports are moved into place whole). The next calls find it and
+caption in about a second. Its captions equal the TensorFlow path's (all 1,000 Flickr8k test
+photos, docs/performance.md); CAPTIONER_FAST_START=0 turns it off, as do missing onnxruntime
+or tf2onnx (pip install -e ".[lite,export]").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from captioner.files import user_cache_dir
+from captioner.model.rundir import Run, runs_fingerprint
+
+FAST_START_VARIABLE = "CAPTIONER_FAST_START"
+LIGHT_FORMAT = "onnx-1"  # a new export layout makes new names, never a misread old one
+
+
+def light_export_dir(runs: list[Run]) -> Path:
+    from captioner import __version__
+
+    return user_cache_dir() / "light" / f"{runs_fingerprint(runs)}-{__version__}-{LIGHT_FORMAT}"
+
+
+def _enabled(*modules: str) -> bool:
+    if os.environ.get(FAST_START_VARIABLE, "1") == "0":
+        return False
+    return all(importlib.util.find_spec(module) is not None for module in modules)
+
+
+def cached_light_captioner(runs: list[Run]):
+    """The runs' cached light export, loaded (captioner.runtime.exported.ExportedCaptioner), or
+    None when there is none yet, it cannot be read, or the fast start is off."""
+    if not _enabled("onnxruntime"):
+        return None
+    folder = light_export_dir(runs)
+    if not folder.is_dir():
+        return None
+    from captioner.runtime.exported import ExportedCaptioner
+
+    try:
+        return ExportedCaptioner(folder)
+    except Exception:  # damaged (onnxruntime has errors of its own): TensorFlow serves, and
+        shutil.rmtree(folder, ignore_errors=True)  # the next call exports it again
+        return None
+
+
+def export_light_in_background(runs: list[Run]) -> None:
+    """Starts `captioner export --format onnx` into the cache, detached: this command does not
+    wait for it, and its output goes to a log file beside the export."""
+    if not _enabled("onnxruntime", "tf2onnx"):
+        return
+    folder = light_export_dir(runs)
+    if folder.exists():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    shipped = runs[0].shipped and len(runs) == 1 + len(runs[0].info.get("ensemble", []))
+    given = [] if shipped else [a for run in runs for a in ("--run", str(run.directory))]
+    command = [sys.executable, "-m", "captioner", "export", str(folder), "--format", "onnx",
+               *given]  # fmt: skip
+    with open(folder.parent / f"{folder.name}.log", "ab") as log:
+        subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True)  # fmt: skip
