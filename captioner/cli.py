@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from captioner.config import EXPORT_FORMATS
+from captioner.config import EXPORT_FORMATS, TOKENIZATIONS
 from captioner.errors import CaptionerError
 from captioner.options import (
     config_options,
@@ -455,10 +455,19 @@ def _caption_to_file(runs, images, output, decode, shard, progress, save, batch)
     type=click.Path(dir_okay=False),
     help="Also write an HTML page with the scores and sample captions beside photos.",
 )
+@click.option("--tokenize", type=click.Choice(TOKENIZATIONS), default="captioner",
+              show_default=True, help="captioner: references and captions cleaned as training "
+              "captions are (the README's rows); coco: coco-caption's PTB tokenizer and scorers, "
+              "as papers report (needs Java).")  # fmt: skip
 @decode_options
-def evaluate(run_dirs, split, data, features, report, beam, max_length, length_penalty,
+def evaluate(run_dirs, split, data, features, report, tokenize, beam, max_length, length_penalty,
              no_repeat_ngram):  # fmt: skip
-    """Caption every image of a split; print corpus BLEU-1..4 and CIDEr-D.
+    """Caption every image of a split; print corpus BLEU-1..4, METEOR, ROUGE-L and CIDEr-D (and
+    SPICE where its models are installed), then what the captions say about the model.
+
+    METEOR, ROUGE-L and SPICE come from coco-caption (pip install -e ".[metrics]"; METEOR and
+    SPICE need Java): a score that cannot be computed here is left out with one line saying
+    what to install.
 
     \b
       captioner evaluate --run runs/flickr8k-efficientnet_lite0 --beam 3
@@ -467,14 +476,21 @@ def evaluate(run_dirs, split, data, features, report, beam, max_length, length_p
     from captioner.inference.evaluate import evaluate as evaluate_run
 
     runs, decode = _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngram)
-    result = evaluate_run(runs, split, decode, data, features)
+    result = evaluate_run(runs, split, decode, data, features, tokenize)
     mode = "greedy" if decode.beam_size <= 1 else (
         f"beam {decode.beam_size}, length penalty {decode.length_penalty}, "
         f"no-repeat n-gram {decode.no_repeat_ngram or 'off'}")  # fmt: skip
     click.echo(f"{result.split} split: {result.images} images, {mode}, "
-               f"max {decode.max_length} words, {result.seconds:.1f} s")  # fmt: skip
+               f"max {decode.max_length} words, {tokenize} tokenization, "
+               f"{result.seconds:.1f} s")  # fmt: skip
     click.echo("  ".join(f"{name:>7}" for name in result.scores))
     click.echo("  ".join(f"{score:7.4f}" for score in result.scores.values()))
+    for line in result.left_out:
+        click.echo(line, err=True)
+    from captioner.inference.diagnostics import diagnostics_lines
+
+    for line in diagnostics_lines(result.diagnostics):
+        click.echo(line)
     click.echo(f"captions -> {result.captions_path}")
     if report:
         from captioner.inference.report import write_report

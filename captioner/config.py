@@ -24,6 +24,10 @@ else:  # pragma: no cover
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DECODERS = ("lstm", "attention")
 STRATEGIES = ("one", "mirrored", "multiworker")  # built by captioner.training.distribute
+# How `captioner evaluate` splits captions into words: "captioner" cleans references and
+# captions as training captions are cleaned (the README's rows); "coco" runs coco-caption's PTB
+# tokenizer and scorers, as papers report (captioner.inference.coco_metrics).
+TOKENIZATIONS = ("captioner", "coco")
 # What `captioner export` writes: a TensorFlow SavedModel (TF Serving), or ONNX models for the
 # light runtime without TensorFlow (captioner.runtime).
 EXPORT_FORMATS = ("saved_model", "onnx")

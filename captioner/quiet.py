@@ -39,6 +39,8 @@ HARMLESS_LINES = (
         r"To enable the following instructions: .* rebuild TensorFlow with the "
         r"appropriate compiler flags\."
     ),
+    # coco-caption's PTB tokenizer (Java) counting what it did: `evaluate --tokenize coco`.
+    re.compile(r"PTBTokenizer tokenized \d+ tokens at [\d.]+ tokens per second\."),
 )
 
 
@@ -65,12 +67,12 @@ def import_tensorflow(verbose: bool = False) -> None:
 
 def import_quietly(module: str) -> None:
     """Imports `module` with file descriptor 2 captured; replays what is not harmless."""
-    with _stderr_captured():
+    with stderr_captured():
         importlib.import_module(module)
 
 
 @contextlib.contextmanager
-def _stderr_captured() -> Iterator[None]:
+def stderr_captured() -> Iterator[None]:
     """Points file descriptor 2 at a temporary file; afterwards writes its lines that are not
     harmless (all of them if the block raised) to sys.stderr."""
     with tempfile.TemporaryFile() as file:

@@ -10,6 +10,8 @@ from captioner.config import DecodeConfig
 from captioner.data.datasets import load_dataset
 from captioner.errors import ConfigError, DataError
 from captioner.features.arrays import caption_arrays, references
+from captioner.inference.coco_metrics import CocoScorers
+from captioner.inference.diagnostics import caption_diagnostics
 from captioner.metrics import score_captions, sentence_bleu4
 from captioner.model.rundir import (
     Run,
@@ -30,10 +32,13 @@ class Evaluation:
     scores: dict[str, float]
     captions_path: Path
     seconds: float
-    per_image: list[dict]  # image, caption, references, bleu4, cider_d
+    per_image: list[dict]  # image, caption, references, bleu4, cider_d (meteor, rouge_l)
     images_dir: Path
     # The split's photos outside images_dir (a Karpathy COCO test split is all in val2014/).
     paths_elsewhere: dict[str, Path] = field(default_factory=dict)
+    tokenize: str = "captioner"  # which words the scores were computed on (coco_metrics)
+    left_out: list[str] = field(default_factory=list)  # scores that could not be computed, why
+    diagnostics: dict = field(default_factory=dict)  # captioner.inference.diagnostics
 
 
 def decoding_name(decode: DecodeConfig) -> str:
@@ -46,6 +51,7 @@ def evaluate(
     decode: DecodeConfig | None = None,
     data_root: str | Path | None = None,
     features_path: str | Path | None = None,
+    tokenize: str = "captioner",
 ) -> Evaluation:
     """Captions every image of `split` from cached features (encoded from the photos for a run
     whose encoder was fine-tuned); scores them against all references.
@@ -56,6 +62,7 @@ def evaluate(
         split: train, dev or test.
         decode: decoding settings; the run's own when None.
         data_root, features_path: default to those the run was trained on.
+        tokenize: "captioner" or "coco" (see captioner.inference.coco_metrics).
     Returns:
         The scores; captions, references and per-image scores go to a JSON file in the first
         run directory (the current folder for the shipped model).
@@ -67,18 +74,18 @@ def evaluate(
     data_root = data_root or run.info["data"]
     dataset = load_dataset(data_root)
     names, features = _split_features(runs, dataset, split, data_root, features_path)
+    coco = CocoScorers(tokenize)  # METEOR's Java starts while the captions are made
     decoder = make_decoder(decoder_steps(runs), len(run.vocabulary), decode)
     hypotheses = [run.vocabulary.decode(row) for row in decoder(features)]
     refs = references(dataset, names)
-    scores, image_cider = score_captions(refs, hypotheses)
-    per_image = _per_image(names, hypotheses, refs, image_cider)
+    scores, per_image, left_out = _scores(coco, dataset, names, refs, hypotheses)
+    diagnostics = caption_diagnostics(hypotheses, refs, len(run.vocabulary))
     # The shipped model's folder may be read-only: its results go to the current folder.
     name = f"captions-{split}-{decoding_name(decode)}{'-ensemble' if len(runs) > 1 else ''}.json"
     captions_path = (Path(".") if run.shipped else run.directory) / name
-    write_json(
-        captions_path,
-        {"split": split, "decoding": decode.__dict__, "scores": scores, "images": per_image},
-    )
+    write_json(captions_path, {"split": split, "decoding": decode.__dict__, "tokenize": tokenize,
+                               "scores": scores, "diagnostics": diagnostics,
+                               "images": per_image})  # fmt: skip
     return Evaluation(
         split,
         len(hypotheses),
@@ -89,7 +96,37 @@ def evaluate(
         per_image,
         dataset.images_dir,
         {n: dataset.paths_elsewhere[n] for n in names if n in dataset.paths_elsewhere},
+        tokenize,
+        left_out,
+        diagnostics,
     )
+
+
+SCORE_ORDER = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE")
+
+
+def _scores(coco: CocoScorers, dataset, names, refs, hypotheses):
+    """(scores in SCORE_ORDER, per-image dicts, lines on scores left out). With the captioner
+    tokenization BLEU and CIDEr-D are captioner's own (nltk, captioner.metrics); with coco,
+    every score is coco-caption's, on its PTB tokens of the raw references."""
+    captions = [" ".join(words) for words in hypotheses]
+    if coco.tokenize == "coco":
+        raw = [dataset.captions[name] for name in names]
+        found = coco.score(raw, captions)
+        if "BLEU-4" not in found.scores:
+            raise ConfigError(f"--tokenize coco: {'; '.join(found.left_out)}")
+        scores = dict(found.scores)
+        image_cider = found.per_image["CIDEr-D"]
+    else:
+        scores, image_cider = score_captions(refs, hypotheses)
+        found = coco.score([[" ".join(r) for r in image_refs] for image_refs in refs], captions)
+        scores |= found.scores
+    scores = {key: scores[key] for key in SCORE_ORDER if key in scores}
+    per_image = _per_image(names, hypotheses, refs, image_cider)
+    for key, label in (("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("SPICE", "spice")):
+        for item, value in zip(per_image, found.per_image.get(key, [])):
+            item[label] = round(value, 4)
+    return scores, per_image, found.left_out
 
 
 def _split_features(runs: list[Run], dataset, split: str, data_root, features_path):

@@ -42,9 +42,18 @@ def _item_html(item: dict, image_path: Path) -> str:
         f'<div class="item"><img alt="{html.escape(item["image"])}" '
         f'src="{_thumbnail_data_uri(image_path)}"><div>'
         f'<div class="generated">{html.escape(item["caption"])}</div>'
-        f'<div class="metric">{html.escape(item["image"])} · BLEU-4 {item["bleu4"]:.3f} · '
-        f'CIDEr-D {item["cider_d"]:.3f}</div><ol class="refs">{references}</ol></div></div>'
+        f'<div class="metric">{html.escape(item["image"])} · {_item_scores(item)}</div>'
+        f'<ol class="refs">{references}</ol></div></div>'
     )
+
+
+_ITEM_SCORES = {"bleu4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider_d": "CIDEr-D",
+                "spice": "SPICE"}  # fmt: skip
+
+
+def _item_scores(item: dict) -> str:
+    return " · ".join(f"{name} {item[key]:.3f}" for key, name in _ITEM_SCORES.items()
+                      if key in item)  # fmt: skip
 
 
 def _image_path(evaluation, name: str) -> Path:
@@ -66,11 +75,15 @@ def write_report(evaluation, path: str | Path, run_dir: str | Path, seed: int = 
         for name, value in evaluation.scores.items()
     )
     settings = ", ".join(f"{k} = {v}" for k, v in evaluation.decoding.items())
+    from captioner.inference.diagnostics import diagnostics_lines
+
+    notes = evaluation.left_out + diagnostics_lines(evaluation.diagnostics)
     body = [
         f"<h1>captioner: {html.escape(str(run_dir))}</h1>",
         f"<p>{evaluation.split} split, {evaluation.images} images; decoding: "
-        f"{html.escape(settings)}</p>",
+        f"{html.escape(settings)}; {evaluation.tokenize} tokenization</p>",
         f'<table class="scores">{scores}</table>',
+        "".join(f"<p>{html.escape(line)}</p>" for line in notes),
     ]
     for title, chosen in sections:
         body.append(f"<h2>{title}</h2>")
