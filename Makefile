@@ -34,7 +34,7 @@ flickr8k:
 	  captioner evaluate --run $(RUN)-seed0 --run $(RUN)-seed1 --split $$split || exit 1; \
 	done
 
-# The attention decoder over Lite1's 8x8 grid (configs/flickr8k-attention.toml; README, "Tried on
+# The attention decoder over Lite1's 8x8 grid (configs/flickr8k-attention.toml; docs/results.md, "Tried on
 # dev and not chosen"): seeds 0 and 1 and their ensemble, beam scores on dev only (not chosen,
 # so its test split stays unscored).
 flickr8k-attention:
