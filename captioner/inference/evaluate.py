@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from captioner.config import DecodeConfig
 from captioner.data.datasets import load_dataset
 from captioner.errors import ConfigError, DataError
@@ -34,6 +36,9 @@ class Evaluation:
     images_dir: Path
     # The split's photos outside images_dir (a Karpathy COCO test split is all in val2014/).
     paths_elsewhere: dict[str, Path] = field(default_factory=dict)
+    # evaluate(attention=True) on an attention run: image -> its words' weights (words, rows,
+    # columns), from the search that chose its caption. Empty otherwise.
+    attention: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def decoding_name(decode: DecodeConfig) -> str:
@@ -46,6 +51,7 @@ def evaluate(
     decode: DecodeConfig | None = None,
     data_root: str | Path | None = None,
     features_path: str | Path | None = None,
+    attention: bool = False,
 ) -> Evaluation:
     """Captions every image of `split` from cached features (encoded from the photos for a run
     whose encoder was fine-tuned); scores them against all references.
@@ -56,6 +62,8 @@ def evaluate(
         split: train, dev or test.
         decode: decoding settings; the run's own when None.
         data_root, features_path: default to those the run was trained on.
+        attention: for runs with the attention decoder, also keep each caption's attention
+            weights (Evaluation.attention, for the report's pictures); ignored for others.
     Returns:
         The scores; captions, references and per-image scores go to a JSON file in the first
         run directory (the current folder for the shipped model).
@@ -67,8 +75,7 @@ def evaluate(
     data_root = data_root or run.info["data"]
     dataset = load_dataset(data_root)
     names, features = _split_features(runs, dataset, split, data_root, features_path)
-    decoder = make_decoder(decoder_steps(runs), len(run.vocabulary), decode)
-    hypotheses = [run.vocabulary.decode(row) for row in decoder(features)]
+    hypotheses, maps = _decoded(runs, decode, names, features, attention)
     refs = references(dataset, names)
     scores, image_cider = score_captions(refs, hypotheses)
     per_image = _per_image(names, hypotheses, refs, image_cider)
@@ -89,7 +96,28 @@ def evaluate(
         per_image,
         dataset.images_dir,
         {n: dataset.paths_elsewhere[n] for n in names if n in dataset.paths_elsewhere},
+        maps,
     )
+
+
+def _decoded(runs: list[Run], decode: DecodeConfig, names, features, attention: bool):
+    """Each image's words, and with `attention` (an attention run) {image: its words'
+    weights (words, rows, columns)}, carried by the very search that chose the words."""
+    vocabulary = runs[0].vocabulary
+    attention = attention and runs[0].config.model.needs_grid
+    decoder = make_decoder(decoder_steps(runs), len(vocabulary), decode, attention=attention)
+    if not attention:
+        return [vocabulary.decode(row) for row in decoder(features)], {}
+    from captioner.inference.api import attention_grid
+
+    grid = attention_grid(runs)
+    ids, _, weights = decoder(features)
+    hypotheses = [vocabulary.decode(row) for row in ids]
+    maps = {
+        name: weights[i, : len(words)].reshape(len(words), *grid)
+        for i, (name, words) in enumerate(zip(names, hypotheses))
+    }
+    return hypotheses, maps
 
 
 def _split_features(runs: list[Run], dataset, split: str, data_root, features_path):
