@@ -366,9 +366,14 @@ def finetune_encoder(source_run, run_dir, data, epochs, learning_rate, encoder_l
 @click.option("--save", type=click.Path(),
               help="Write the photo with its caption under it: a file for one photo, "
               "a folder (PHOTO.captioned.png in it) for several.")  # fmt: skip
+@click.option("--attention", type=click.Path(),
+              help="Draw the photo once per word, with where the attention decoder looked for "
+              "it (a run with model.decoder = attention; an ensemble: the mean of its members' "
+              "maps): a PNG file for one photo, a folder (PHOTO.attention.png in it) for "
+              "several.")  # fmt: skip
 @decode_options
-def caption(images, run_dirs, output, shard, decode_batch, progress, save, beam, max_length,
-            length_penalty, no_repeat_ngram):  # fmt: skip
+def caption(images, run_dirs, output, shard, decode_batch, progress, save, attention, beam,
+            max_length, length_penalty, no_repeat_ngram):  # fmt: skip
     """Caption photos (files, or folders: every image below them) with the run's own decoding
     settings. Prints PATH<TAB>CAPTION lines, or with --output writes a captions file (columns
     image, caption, error; a photo found in a folder is named by its path relative to it).
@@ -390,44 +395,60 @@ def caption(images, run_dirs, output, shard, decode_batch, progress, save, beam,
     shard = parse_shard(shard)
     runs, decode = _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngram)
     batch = {"decode_batch": decode_batch} if decode_batch else {}
+    if attention:
+        from captioner.inference.api import attention_grid
+
+        attention_grid(runs, "--attention")  # one line, before any photo is read
     from captioner.inference.light import cached_light_captioner, export_light_in_background
 
-    light = None if output else cached_light_captioner(runs)
+    # The light export's NumPy search carries no attention: --attention decodes here.
+    light = None if output or attention else cached_light_captioner(runs)
     if light is None:
         import_tensorflow(verbose=click.get_current_context().find_root().params["verbose"])
     if output:
-        _caption_to_file(runs, images, output, decode, shard, progress, save, batch)
+        drawing = {"--save": save, "--attention": attention}
+        _caption_to_file(runs, images, output, decode, shard, progress, drawing, batch)
         return
     from captioner.inference.caption import stream_captions
 
     failures = 0
-    for result in stream_captions(
-        runs, list(images), decode, shard, progress=bool(progress), light=light, **batch
-    ):
+    for result in stream_captions(runs, list(images), decode, shard, progress=bool(progress),
+                                  light=light, attention=bool(attention), **batch):  # fmt: skip
         if result.caption is None:
             failures += 1
             click.echo(f"{result.path}: cannot read this image ({result.error})", err=True)
         else:
             click.echo(f"{result.path}\t{result.caption}")
-            if save:
-                from captioner.inference.report import draw_caption
-
-                output = Path(save)
-                if len(images) > 1 or Path(images[0]).is_dir():
-                    output = output / f"{result.path.stem}.captioned.png"
-                draw_caption(result.path, result.caption, output)
+            _draw(result, images, save, attention)
     if light is None:
         export_light_in_background(runs)  # for a fast start next time
     if failures:
         sys.exit(1)
 
 
-def _caption_to_file(runs, images, output, decode, shard, progress, save, batch):
+def _draw(result, images, save, attention):
+    """--save and --attention: a file for one photo, a folder (PHOTO.<kind>.png) for several."""
+    several = len(images) > 1 or Path(images[0]).is_dir()
+    if save:
+        from captioner.inference.report import draw_caption
+
+        output = Path(save) / f"{result.path.stem}.captioned.png" if several else Path(save)
+        draw_caption(result.path, result.caption, output)
+    if attention:
+        from captioner.inference.attention_maps import draw_attention
+
+        output = Path(attention) / f"{result.path.stem}.attention.png" if several else attention
+        draw_attention(result.path, result.caption, result.attention, output)
+
+
+def _caption_to_file(runs, images, output, decode, shard, progress, drawing, batch):
     """`caption --output`: one library call, then a summary and the unreadable photos."""
     from captioner.inference.caption import caption_to_file
 
-    if save:
-        raise click.ClickException("--save draws photos one at a time: use it without --output")
+    for option, given in drawing.items():
+        if given:
+            raise click.ClickException(f"{option} draws photos one at a time: use it without "
+                                       "--output")  # fmt: skip
     progress = True if progress is None else progress
     s = caption_to_file(runs, list(images), output, decode, shard=shard, progress=progress,
                         **batch)  # fmt: skip
@@ -453,7 +474,8 @@ def _caption_to_file(runs, images, output, decode, shard, progress, save, batch)
 @click.option(
     "--report",
     type=click.Path(dir_okay=False),
-    help="Also write an HTML page with the scores and sample captions beside photos.",
+    help="Also write an HTML page with the scores and sample captions beside photos (for an "
+    "attention run, with each word's attention under the best and worst).",
 )
 @click.option("--tokenize", type=click.Choice(TOKENIZATIONS), default="captioner",
               show_default=True, help="captioner: references and captions cleaned as training "
@@ -476,7 +498,8 @@ def evaluate(run_dirs, split, data, features, report, tokenize, beam, max_length
     from captioner.inference.evaluate import evaluate as evaluate_run
 
     runs, decode = _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngram)
-    result = evaluate_run(runs, split, decode, data, features, tokenize)
+    # A report of an attention run shows where it looked: its search carries the weights.
+    result = evaluate_run(runs, split, decode, data, features, tokenize, attention=bool(report))
     mode = "greedy" if decode.beam_size <= 1 else (
         f"beam {decode.beam_size}, length penalty {decode.length_penalty}, "
         f"no-repeat n-gram {decode.no_repeat_ngram or 'off'}")  # fmt: skip

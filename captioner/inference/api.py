@@ -7,6 +7,7 @@
     captioner.caption(["a.jpg", "b.jpg"], beam=1)    # ['...', '...'], greedy
     captioner.caption("photo.jpg", scores=True)      # ('...', -0.62)
     Captioner.load("runs/seed0", "runs/seed1")       # a run of yours, or an ensemble
+    Captioner.load("runs/att").caption("photo.jpg", attention=True)  # ('...', (words, rows, cols))
 
 Photos go through the same reading as `captioner caption` (captioner.data.images.prepare_image),
 so a file, the PIL image opened from it and its pixels as an array get the same caption.
@@ -20,6 +21,7 @@ model thread and gathers concurrent requests into batches instead (captioner.ser
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -28,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from captioner.config import DECODE_RANGES, DecodeConfig
-from captioner.errors import ImageError
+from captioner.errors import ConfigError, ImageError
 from captioner.model.rundir import Run, load_runs
 
 # Photos per model call (encoder, then decoder) in caption(): large enough to keep the CPU's
@@ -44,6 +46,20 @@ ENCODER_BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 # Compiled decoders kept, one per decoding setting: each new setting costs a compilation (about
 # a second), and an unbounded cache would grow with every setting a client tries.
 DECODERS_KEPT = 8
+
+
+def attention_grid(runs: list[Run], what: str = "attention") -> tuple[int, int]:
+    """The (rows, columns) of the grid the runs' decoder attends over (an ensemble's members
+    share their encoder, so its grid: load_runs checks). ConfigError in one line, naming
+    `what` was asked, for runs that decode without attention: there is nothing to draw."""
+    run = runs[0]
+    if not run.config.model.needs_grid:
+        names = "the shipped model" if run.shipped else ", ".join(str(r.directory) for r in runs)
+        raise ConfigError(f"{what}: {names} decodes without attention (model.decoder = "
+                          f"{run.config.model.decoder}): nothing to draw")  # fmt: skip
+    # Encoders read square photos, so their grids are square; a strip if one ever is not.
+    side = math.isqrt(run.encoder.cells)
+    return (side, side) if side * side == run.encoder.cells else (1, run.encoder.cells)
 
 
 class Captioner:
@@ -65,7 +81,12 @@ class Captioner:
         # second batch size the compiled forward pass takes any size without retracing.
         self._encoders = [make_encode_function(r.load_encoder(), 1) for r in encoder_runs(runs)[0]]
         self._steps = decoder_steps(runs)
-        self._decoders: OrderedDict[DecodeConfig, object] = OrderedDict()
+        self._decoders: OrderedDict[tuple[DecodeConfig, bool], object] = OrderedDict()
+
+    @property
+    def attends(self) -> bool:
+        """Whether its decoder attends over a grid, so that caption(attention=True) works."""
+        return self.runs[0].config.model.needs_grid
 
     @classmethod
     def load(cls, *run_dirs: str | os.PathLike | Run) -> Captioner:
@@ -93,6 +114,7 @@ class Captioner:
         length_penalty: float | None = None,
         no_repeat_ngram: int | None = None,
         scores: bool = False,
+        attention: bool = False,
     ):
         """Captions one photo or a list of them.
 
@@ -107,20 +129,29 @@ class Captioner:
             scores: also return each caption's score, log P(caption | photo) / length **
                 length_penalty (length counts the end token): the number beam search ranks
                 by, computed the same way for greedy captions. Higher is more confident.
+            attention: also return, for a run with the attention decoder, the weights each
+                word was predicted with, float32 (words, rows, columns) over the encoder's
+                grid, each map summing to 1: those the search that chose the caption carried
+                for it (an ensemble: the mean of its members'). The caption is the same.
         Returns:
-            A caption for one photo, a list for a list; with scores, (caption, score) pairs.
+            A caption for one photo, a list for a list; with scores, (caption, score) pairs;
+            with attention, (caption, weights), or (caption, score, weights) with both.
         Raises:
-            ImageError for a photo that cannot be read, ConfigError for a bad setting.
+            ImageError for a photo that cannot be read, ConfigError for a bad setting or for
+            attention from a run without it.
         """
         decoding = self.decoding(beam, max_length, length_penalty, no_repeat_ngram)
+        if attention:
+            attention_grid(self.runs, "attention=True")
         many = isinstance(photos, list | tuple)
         photos = list(photos) if many else [photos]
         results = []
         for start in range(0, len(photos), CAPTION_BATCH):
-            chunk = photos[start : start + CAPTION_BATCH]
-            results += self.caption_images(np.stack([self.prepare(p) for p in chunk]), decoding)
-        if not scores:
-            results = [caption for caption, _ in results]
+            chunk = np.stack([self.prepare(p) for p in photos[start : start + CAPTION_BATCH]])
+            results += self.caption_images(chunk, decoding, attention)
+        keep = [True, scores, attention]  # caption, score, weights
+        results = [tuple(x for x, kept in zip(r, keep) if kept) for r in results]
+        results = [r[0] if len(r) == 1 else r for r in results]
         return results if many else results[0]
 
     def prepare(self, photo) -> np.ndarray:
@@ -147,21 +178,36 @@ class Captioner:
             "uint8 array of shape (height, width, 3)"
         )
 
-    def caption_images(self, images: np.ndarray, decoding: DecodeConfig) -> list[tuple[str, float]]:
+    def caption_images(
+        self, images: np.ndarray, decoding: DecodeConfig, attention: bool = False
+    ) -> list[tuple]:
         """(caption, score) for each photo of a batch already prepared, uint8 (N, size, size,
-        3): one encoder call and one decoder call (what captioner.serving.app's batches run)."""
+        3): one encoder call and one decoder call (what captioner.serving.app's batches run).
+        attention: (caption, score, weights (words, rows, columns)), see captions_of_features."""
         size = self.input_size
         if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
             raise ImageError(f"expected uint8 photos (N, {size}, {size}, 3), got {images.shape}")
         if not len(images):
             return []
-        return self.captions_of_features(self.features(images), decoding)
+        return self.captions_of_features(self.features(images), decoding, attention)
 
-    def captions_of_features(self, features: np.ndarray, decoding: DecodeConfig):
+    def captions_of_features(
+        self, features: np.ndarray, decoding: DecodeConfig, attention: bool = False
+    ) -> list[tuple]:
         """(caption, score) for each row of encoder features (N, feature_dim): one decoder
-        call (what `captioner caption` runs on chunks of encoded photos)."""
-        ids, values = self._decoder(decoding)(features)
-        return [(" ".join(self.vocabulary.decode(row)), float(v)) for row, v in zip(ids, values)]
+        call (what `captioner caption` runs on chunks of encoded photos). attention: (caption,
+        score, weights) with the weights (words, rows, columns) of each word, from the same
+        search (ConfigError for a run without attention)."""
+        grid = attention_grid(self.runs, "attention") if attention else None
+        ids, values, *maps = self._decoder(decoding, attention)(features)
+        results = []
+        for i, (row, value) in enumerate(zip(ids, values)):
+            words = self.vocabulary.decode(row)
+            result = (" ".join(words), float(value))
+            if grid:  # a map per word: <start> and <pad> are never generated, so they align
+                result += (maps[0][i, : len(words)].reshape(len(words), *grid),)
+            results.append(result)
+        return results
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """The encoder's features of prepared photos (N, size, size, 3), in batches of
@@ -203,18 +249,22 @@ class Captioner:
             "input_size": self.input_size,
             "vocabulary_size": len(self.vocabulary),
             "decoding": dataclasses.asdict(self.decoding()),
+            "attention": self.attends,
         }
 
-    def _decoder(self, decoding: DecodeConfig):
+    def _decoder(self, decoding: DecodeConfig, attention: bool = False):
+        """The compiled search for these settings; with attention, the one that also carries
+        the weights (its own graph: plain decoding never pays for them)."""
         from captioner.model.search import make_decoder
 
-        if decoding in self._decoders:
-            self._decoders.move_to_end(decoding)
+        key = (decoding, attention)
+        if key in self._decoders:
+            self._decoders.move_to_end(key)
         else:
             vocabulary_size = len(self.vocabulary)
-            self._decoders[decoding] = make_decoder(
-                self._steps, vocabulary_size, decoding, scores=True
+            self._decoders[key] = make_decoder(
+                self._steps, vocabulary_size, decoding, scores=True, attention=attention
             )
             while len(self._decoders) > DECODERS_KEPT:
                 self._decoders.popitem(last=False)
-        return self._decoders[decoding]
+        return self._decoders[key]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from captioner.config import DecodeConfig
 from captioner.data.images import Photo, find_photos
@@ -37,6 +38,8 @@ class CaptionResult:
     caption: str | None  # None when the photo could not be read
     error: str | None = None
     name: str = ""  # how outputs and shards know the photo (captioner.data.images.Photo.name)
+    # Asked for (stream_captions(attention=True)): each word's weights (words, rows, columns).
+    attention: Any = None
 
 
 @dataclass
@@ -60,10 +63,12 @@ def make_captioner(
     batch_size: int | None = None,
     decode_batch: int = DECODE_BATCH,
     light=None,
+    attention: bool = False,
 ) -> Callable[[Iterable[Photo | str | Path]], Iterator[list[CaptionResult]]]:
     """Loads the model once through the Python API (captioner.inference.api, which `captioner
     serve` uses too), or uses `light`, the runs' light export (captioner.inference.light), which
-    needs no TensorFlow; returns f(photos) -> the iter_captions generator."""
+    needs no TensorFlow; returns f(photos) -> the iter_captions generator. attention: results
+    carry their weights (the Python API's; not with `light`)."""
     if light is not None:
         model = _LightModel(light, decode)
         return lambda photos: _chunks_of_captions(photos, model, model.decoder, BATCH_OF_LIGHT,
@@ -76,7 +81,7 @@ def make_captioner(
     batch_size = batch_size or captioner.runs[0].config.encoder.batch_size
 
     def decoder(features):
-        return captioner.captions_of_features(features, decode)
+        return captioner.captions_of_features(features, decode, attention)
 
     def caption(photos):
         return _chunks_of_captions(photos, captioner, decoder, batch_size, decode_batch)
@@ -160,8 +165,9 @@ def _decoded(chunk: list[CaptionResult], features, decoder) -> list[CaptionResul
 
     if features:
         readable = [result for result in chunk if result.error is None]
-        for result, (caption, _) in zip(readable, decoder(np.concatenate(features))):
+        for result, (caption, _, *maps) in zip(readable, decoder(np.concatenate(features))):
             result.caption = caption
+            result.attention = maps[0] if maps else None
     return chunk
 
 
@@ -191,14 +197,16 @@ def stream_captions(
     progress: bool = False,
     decode_batch: int = DECODE_BATCH,
     light=None,
+    attention: bool = False,
 ) -> Iterator[CaptionResult]:
     """One CaptionResult after another for the photos of `inputs` in `shard`, as they come
     (with a tqdm progress bar on stderr if `progress`); through `light`, a light export, if
-    given (see make_captioner)."""
+    given, or with each word's attention weights if `attention` (see make_captioner)."""
     from tqdm import tqdm
 
     photos = select_photos(inputs, shard)
-    caption = make_captioner(run_dirs, decode, decode_batch=decode_batch, light=light)
+    caption = make_captioner(run_dirs, decode, decode_batch=decode_batch, light=light,
+                             attention=attention)  # fmt: skip
     with tqdm(total=len(photos), unit="photo", desc="caption", disable=not progress) as bar:
         for chunk in caption(photos):
             yield from chunk

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from captioner.config import DecodeConfig
 from captioner.data.datasets import load_dataset
 from captioner.errors import ConfigError, DataError
@@ -39,6 +41,9 @@ class Evaluation:
     tokenize: str = "captioner"  # which words the scores were computed on (coco_metrics)
     left_out: list[str] = field(default_factory=list)  # scores that could not be computed, why
     diagnostics: dict = field(default_factory=dict)  # captioner.inference.diagnostics
+    # evaluate(attention=True) on an attention run: image -> its words' weights (words, rows,
+    # columns), from the search that chose its caption. Empty otherwise.
+    attention: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def decoding_name(decode: DecodeConfig) -> str:
@@ -52,6 +57,7 @@ def evaluate(
     data_root: str | Path | None = None,
     features_path: str | Path | None = None,
     tokenize: str = "captioner",
+    attention: bool = False,
 ) -> Evaluation:
     """Captions every image of `split` from cached features (encoded from the photos for a run
     whose encoder was fine-tuned); scores them against all references.
@@ -63,6 +69,8 @@ def evaluate(
         decode: decoding settings; the run's own when None.
         data_root, features_path: default to those the run was trained on.
         tokenize: "captioner" or "coco" (see captioner.inference.coco_metrics).
+        attention: for runs with the attention decoder, also keep each caption's attention
+            weights (Evaluation.attention, for the report's pictures); ignored for others.
     Returns:
         The scores; captions, references and per-image scores go to a JSON file in the first
         run directory (the current folder for the shipped model).
@@ -75,8 +83,7 @@ def evaluate(
     dataset = load_dataset(data_root)
     names, features = _split_features(runs, dataset, split, data_root, features_path)
     coco = CocoScorers(tokenize)  # METEOR's Java starts while the captions are made
-    decoder = make_decoder(decoder_steps(runs), len(run.vocabulary), decode)
-    hypotheses = [run.vocabulary.decode(row) for row in decoder(features)]
+    hypotheses, maps = _decoded(runs, decode, names, features, attention)
     refs = references(dataset, names)
     scores, per_image, left_out = _scores(coco, dataset, names, refs, hypotheses)
     diagnostics = caption_diagnostics(hypotheses, refs, len(run.vocabulary))
@@ -99,6 +106,7 @@ def evaluate(
         tokenize,
         left_out,
         diagnostics,
+        maps,
     )
 
 
@@ -127,6 +135,26 @@ def _scores(coco: CocoScorers, dataset, names, refs, hypotheses):
         for item, value in zip(per_image, found.per_image.get(key, [])):
             item[label] = round(value, 4)
     return scores, per_image, found.left_out
+
+
+def _decoded(runs: list[Run], decode: DecodeConfig, names, features, attention: bool):
+    """Each image's words, and with `attention` (an attention run) {image: its words'
+    weights (words, rows, columns)}, carried by the very search that chose the words."""
+    vocabulary = runs[0].vocabulary
+    attention = attention and runs[0].config.model.needs_grid
+    decoder = make_decoder(decoder_steps(runs), len(vocabulary), decode, attention=attention)
+    if not attention:
+        return [vocabulary.decode(row) for row in decoder(features)], {}
+    from captioner.inference.api import attention_grid
+
+    grid = attention_grid(runs)
+    ids, _, weights = decoder(features)
+    hypotheses = [vocabulary.decode(row) for row in ids]
+    maps = {
+        name: weights[i, : len(words)].reshape(len(words), *grid)
+        for i, (name, words) in enumerate(zip(names, hypotheses))
+    }
+    return hypotheses, maps
 
 
 def _split_features(runs: list[Run], dataset, split: str, data_root, features_path):

@@ -1,4 +1,8 @@
-"""What people look at: an HTML evaluation report, and a photo with its caption drawn under it."""
+"""What people look at: an HTML evaluation report, and a photo with its caption drawn under it.
+
+For an attention run evaluated with attention=True, the best and worst captions also show
+where the decoder looked for each word (captioner.inference.attention_maps).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ table.scores td,table.scores th{padding:.2em .8em;text-align:right}
 .item{display:flex;gap:1em;margin:.8em 0;padding:.6em;border-bottom:1px solid #ddd}
 .item img{width:160px;height:auto;border-radius:4px}
 .generated{font-size:1.15em;font-weight:600}.refs{color:#555;margin:.3em 0 0 1.2em;padding:0}
-.metric{color:#888;font-size:.85em}"""
+.metric{color:#888;font-size:.85em}
+.item img.attention{width:auto;max-width:100%;border-radius:0;margin-top:.4em}"""
 
 
 def _thumbnail_data_uri(path: Path) -> str:
@@ -36,14 +41,23 @@ def _thumbnail_data_uri(path: Path) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _item_html(item: dict, image_path: Path) -> str:
+def _item_html(item: dict, image_path: Path, maps=None) -> str:
+    """One photo, its caption, scores and references; with `maps` (words, rows, columns),
+    the photo once per word under them, with that word's attention."""
     references = "".join(f"<li>{html.escape(r)}</li>" for r in item["references"])
+    pictures = ""
+    if maps is not None:
+        from captioner.inference.attention_maps import attention_data_uri
+
+        uri = attention_data_uri(image_path, item["caption"].split(), maps)
+        alt = html.escape(f"attention of each word of: {item['caption']}")
+        pictures = f'<img class="attention" alt="{alt}" src="{uri}">' if uri else ""
     return (
         f'<div class="item"><img alt="{html.escape(item["image"])}" '
         f'src="{_thumbnail_data_uri(image_path)}"><div>'
         f'<div class="generated">{html.escape(item["caption"])}</div>'
         f'<div class="metric">{html.escape(item["image"])} · {_item_scores(item)}</div>'
-        f'<ol class="refs">{references}</ol></div></div>'
+        f'<ol class="refs">{references}</ol>{pictures}</div></div>'
     )
 
 
@@ -65,10 +79,11 @@ def write_report(evaluation, path: str | Path, run_dir: str | Path, seed: int = 
     """Writes a self-contained HTML page: scores, settings, best/worst/random captions."""
     items = sorted(evaluation.per_image, key=lambda item: item["cider_d"])
     sample = random.Random(seed).sample(items, min(_SAMPLE, len(items)))
+    # The best and worst show their attention (an attention run's evaluation keeps it).
     sections = [
-        ("Best (highest CIDEr-D)", items[::-1][:_SAMPLE]),
-        ("Worst (lowest CIDEr-D)", items[:_SAMPLE]),
-        ("Random", sample),
+        ("Best (highest CIDEr-D)", items[::-1][:_SAMPLE], evaluation.attention),
+        ("Worst (lowest CIDEr-D)", items[:_SAMPLE], evaluation.attention),
+        ("Random", sample, {}),
     ]
     scores = "".join(
         f"<tr><th>{html.escape(name)}</th><td>{value:.4f}</td></tr>"
@@ -85,9 +100,15 @@ def write_report(evaluation, path: str | Path, run_dir: str | Path, seed: int = 
         f'<table class="scores">{scores}</table>',
         "".join(f"<p>{html.escape(line)}</p>" for line in notes),
     ]
-    for title, chosen in sections:
+    if evaluation.attention:
+        body.append("<p>Under the best and worst captions: the photo once per word, brighter "
+                    "where the decoder's attention looked for that word.</p>")  # fmt: skip
+    for title, chosen, maps in sections:
         body.append(f"<h2>{title}</h2>")
-        body += [_item_html(item, _image_path(evaluation, item["image"])) for item in chosen]
+        body += [
+            _item_html(item, _image_path(evaluation, item["image"]), maps.get(item["image"]))
+            for item in chosen
+        ]
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>captioner report</title><style>{_STYLE}</style></head>"

@@ -35,12 +35,15 @@ class RegionAttention(layers.Layer):
     def call(self, inputs):
         h, keys, regions = inputs
         one_step = len(h.shape) == 2  # decoding: one word for every row
-        if one_step:
-            h = h[:, None]
+        context, _ = self.attend(h[:, None] if one_step else h, keys, regions)
+        return context[:, 0] if one_step else context
+
+    def attend(self, h, keys, regions):
+        """h (B, T, U) -> context (B, T, R) and the weights (B, T, P) over the cells: what
+        `call` computes, with the weights that decoding shows (captioner.model.decoder)."""
         energy = ops.tanh(keys[:, None] + self.query(h)[:, :, None])  # (B, T, P, A)
         weights = ops.softmax(self.score(energy)[..., 0], axis=-1)  # (B, T, P)
-        context = ops.einsum("btp,bpr->btr", weights, regions)
-        return context[:, 0] if one_step else context
+        return ops.einsum("btp,bpr->btr", weights, regions), weights
 
     def get_config(self):
         return {**super().get_config(), "size": self.size}

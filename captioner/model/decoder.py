@@ -87,6 +87,8 @@ class DecoderSteps:
         self._embedding, self._cell = get("embedding"), get("lstm").cell
         self._head = [get(name) for name in ("hidden", "logits") if name in names]
         self.vocabulary_size = get("logits").units
+        # The grid cells attended over (0: no attention): the size of step_with_attention's maps.
+        self.cells = get("grid").target_shape[0] if self._attention is not None else 0
 
     def initial_state(self, features):
         """features (B, D) -> [h (B, units), c (B, units)] (+ [regions, keys] with attention)."""
@@ -107,16 +109,29 @@ class DecoderSteps:
 
     def step(self, tokens, state):
         """tokens (B,) int32, state -> log-probabilities (B, V), new state."""
+        log_probs, state, _ = self._step(tokens, state, False)
+        return log_probs, state
+
+    def step_with_attention(self, tokens, state):
+        """step(), and the attention weights (B, cells) float32 that predicted these words
+        (each row sums to 1 over the grid); the search carries them only when asked to."""
+        if self._attention is None:
+            raise ValueError("this decoder has no attention (model.decoder = lstm)")
+        return self._step(tokens, state, True)
+
+    def _step(self, tokens, state, with_weights: bool):
         import tensorflow as tf
 
         x = self._embedding(tokens)  # (B, E)
         output, (h, c) = self._cell(x, state[:2], training=False)
+        weights = None
         if self._attention is not None:
-            context = self._attention([output, state[3], state[2]])
-            output = tf.concat([output, context], axis=-1)
+            context, weights = self._attention.attend(output[:, None], state[3], state[2])
+            output = tf.concat([output, context[:, 0]], axis=-1)
+            weights = tf.cast(weights[:, 0], tf.float32) if with_weights else None
         for layer in self._head:
             output = layer(output)
-        return tf.nn.log_softmax(tf.cast(output, tf.float32)), [h, c, *state[2:]]
+        return tf.nn.log_softmax(tf.cast(output, tf.float32)), [h, c, *state[2:]], weights
 
 
 class EnsembleSteps:
@@ -136,17 +151,40 @@ class EnsembleSteps:
         self._state_sizes = [len(state) for state in states]  # to split the flat list again
         return [tensor for state in states for tensor in state]
 
+    @property
+    def cells(self) -> int:
+        """The grid cells its attention members attend over (0 when none attends)."""
+        return max(getattr(member, "cells", 0) for member in self.members)
+
     def step(self, tokens, state):
+        log_probs, new_state, _ = self._step(tokens, state, False)
+        return log_probs, new_state
+
+    def step_with_attention(self, tokens, state):
+        """step(), and the mean of the attention weights (B, cells) of the members that attend
+        (members without attention choose the words with the others but show nothing)."""
+        if not self.cells:
+            raise ValueError("no member of this ensemble has attention")
+        return self._step(tokens, state, True)
+
+    def _step(self, tokens, state, with_weights: bool):
         import math
 
         import tensorflow as tf
 
-        log_probs, new_state, start = [], [], 0
+        log_probs, new_state, weights, start = [], [], [], 0
         for member, size in zip(self.members, self._state_sizes):
-            member_log_probs, member_state = member.step(tokens, state[start : start + size])
+            member_state = state[start : start + size]
+            if with_weights and getattr(member, "cells", 0):
+                member_log_probs, member_state, member_weights = member.step_with_attention(
+                    tokens, member_state
+                )
+                weights.append(member_weights)
+            else:
+                member_log_probs, member_state = member.step(tokens, member_state)
             log_probs.append(member_log_probs)
             new_state += member_state
             start += size
         # log of the mean probability: logsumexp over members - log(members)
         mean = tf.reduce_logsumexp(tf.stack(log_probs), axis=0) - math.log(len(self.members))
-        return mean, new_state
+        return mean, new_state, tf.reduce_mean(tf.stack(weights), 0) if weights else None

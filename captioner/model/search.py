@@ -9,6 +9,11 @@ and the <end> token. Finished hypotheses are kept aside (the best one per image)
 leaves the search as soon as no live beam of its own can beat that one (the batch goes on with
 the others, so the decoder runs on fewer rows step by step), and gets its best live beam when
 none finished by max_length. Each image's answer is the same in any batch, or alone.
+
+With `with_attention`, both also return the attention weights that predicted each word of the
+answer (B, max_length, cells): the maps ride in the decoder's state (_KeepingMaps), so beam
+search's reordering of the state along the chosen parents reorders them too, and the answer's
+maps are its own path's. Without it the compiled graphs are those of plain decoding.
 """
 
 from __future__ import annotations
@@ -43,10 +48,35 @@ def _features_signature():
     return [tf.TensorSpec([None, None], tf.float32)]
 
 
+class _KeepingMaps:
+    """A decoder's steps (with step_with_attention) whose state also holds, per row, the
+    attention weights of every word so far (B, max_length, cells) and the next word's position
+    (B,): whatever reorders the state (beam search's gathers) reorders the maps with it."""
+
+    def __init__(self, steps, max_length: int):
+        self.steps, self.max_length, self.cells = steps, max_length, steps.cells
+
+    def initial_state(self, features):
+        import tensorflow as tf
+
+        batch = tf.shape(features)[0]
+        maps = tf.zeros([batch, self.max_length, self.cells])
+        return [*self.steps.initial_state(features), tf.zeros([batch], tf.int32), maps]
+
+    def step(self, tokens, state):
+        import tensorflow as tf
+
+        position, maps = state[-2:]
+        log_probs, state, weights = self.steps.step_with_attention(tokens, state[:-2])
+        at = tf.one_hot(position, self.max_length)[:, :, None]  # (B, L, 1): 1 at the position
+        return log_probs, [*state, position + 1, maps + at * weights[:, None]]
+
+
 def _word_by_word(steps, features, max_length, choose, banned, banned_first):
     """Runs the decoder from the image, taking `choose(log_probs, t)` as each next word, until
-    every row has said <end>. Returns ids (B, max_length), <pad> after <end>, and each row's
-    log-probability (B,) and length (B,), words and <end> counted. Graph code."""
+    every row has said <end>. Returns ids (B, max_length), <pad> after <end>, each row's
+    log-probability (B,) and length (B,), words and <end> counted, and the decoder's last
+    state. Graph code."""
     import tensorflow as tf
 
     state = steps.initial_state(features)
@@ -68,7 +98,7 @@ def _word_by_word(steps, features, max_length, choose, banned, banned_first):
         if tf.reduce_all(finished):
             break
     ids = tf.transpose(output.stack())  # (B, steps run)
-    return tf.pad(ids, [[0, 0], [0, max_length - tf.shape(ids)[1]]]), log_p, length
+    return tf.pad(ids, [[0, 0], [0, max_length - tf.shape(ids)[1]]]), log_p, length, state
 
 
 def make_greedy_search(
@@ -77,27 +107,34 @@ def make_greedy_search(
     max_length: int,
     suppress_unk: bool = True,
     length_penalty: float | None = None,
+    with_attention: bool = False,
 ):
     """Returns a compiled f(features (B, D)) -> ids (B, max_length), <pad> after <end>.
 
     With a length_penalty, f returns (ids, scores (B,)) as beam search does: each caption's
     log P / length ** length_penalty, the number beam search ranks by (length counts <end>).
+    with_attention (steps with step_with_attention): f returns (ids, scores, attention (B,
+    max_length, cells)), the weights that predicted each word (zeros after <end>).
     """
     import tensorflow as tf
 
     banned, banned_first = _banned_masks(vocabulary_size, suppress_unk)
+    if with_attention:
+        steps = _KeepingMaps(steps, max_length)
+        length_penalty = 0.0 if length_penalty is None else length_penalty
 
     def most_likely(log_probs, t):
         return tf.argmax(log_probs, axis=-1, output_type=tf.int32)
 
     @tf.function(input_signature=_features_signature())
     def greedy(features):
-        ids, log_p, length = _word_by_word(
+        ids, log_p, length, state = _word_by_word(
             steps, features, max_length, most_likely, banned, banned_first
         )
         if length_penalty is None:
             return ids
-        return ids, log_p / tf.pow(tf.cast(length, tf.float32), float(length_penalty))
+        scores = log_p / tf.pow(tf.cast(length, tf.float32), float(length_penalty))
+        return (ids, scores, _words_only(state[-1], ids)) if with_attention else (ids, scores)
 
     return greedy
 
@@ -123,6 +160,14 @@ def make_sampler(
         return _word_by_word(steps, features, max_length, draw, banned, banned_first)[0]
 
     return sample
+
+
+def _words_only(maps, ids):
+    """maps (B, L, cells) with zeros where ids (B, L) hold <end> or <pad>: one map per word."""
+    import tensorflow as tf
+
+    is_word = (ids != END_ID) & (ids != PAD_ID)
+    return maps * tf.cast(is_word, maps.dtype)[:, :, None]
 
 
 def _repeated_ngram_bans(sequences, t, n: int):
@@ -203,6 +248,9 @@ class _Beams(NamedTuple):
     sequences: tf.Tensor  # (A, K, L) their words so far
     best_score: tf.Tensor  # (A,) the best finished hypothesis, normalized; -1e9 while none
     best_sequence: tf.Tensor  # (A, L) its words and <end>
+    # With attention, its maps (A, L, cells); () without: an empty structure to tf.while_loop.
+    # The live beams' maps are in `state` (_KeepingMaps).
+    best_maps: tf.Tensor | tuple = ()
 
 
 def _compact(beams: _Beams, parent_rows, keep) -> _Beams:
@@ -223,6 +271,7 @@ def _compact(beams: _Beams, parent_rows, keep) -> _Beams:
         sequences=tf.gather(beams.sequences, keep),
         best_score=tf.gather(beams.best_score, keep),
         best_sequence=tf.gather(beams.best_sequence, keep),
+        best_maps=tf.nest.map_structure(lambda maps: tf.gather(maps, keep), beams.best_maps),
     )
 
 
@@ -258,10 +307,14 @@ class _BeamSearch:
     """
 
     def __init__(self, steps, vocabulary_size, beam_size, max_length, length_penalty,
-                 no_repeat_ngram, suppress_unk):  # fmt: skip
+                 no_repeat_ngram, suppress_unk, with_attention=False):  # fmt: skip
         self.steps, self.V, self.K, self.L = steps, vocabulary_size, beam_size, max_length
         self.alpha, self.no_repeat_ngram = float(length_penalty), no_repeat_ngram
         self.banned, self.banned_first = _banned_masks(vocabulary_size, suppress_unk)
+        # Decided when the graph is traced: without attention, none of its code is in it.
+        self.with_attention = with_attention
+        if with_attention:
+            self.steps = _KeepingMaps(steps, max_length)
 
     def normalize(self, log_p, length):
         """log P / length ** length_penalty: what hypotheses are ranked by."""
@@ -270,22 +323,27 @@ class _BeamSearch:
         return log_p / tf.pow(tf.cast(length, tf.float32), self.alpha)
 
     def run(self, features):
-        """features (B, D) -> ids (B, L), <pad> after <end>, and scores (B,)."""
+        """features (B, D) -> ids (B, L), <pad> after <end>, and scores (B,); with attention
+        also the answers' maps (B, L, cells), zeros after their last word."""
         import tensorflow as tf
 
         B = tf.shape(features)[0]
         answers = (tf.zeros([B, self.L], tf.int32), tf.zeros([B]))  # filled as photos finish
+        if self.with_attention:
+            answers += (tf.zeros([B, self.L, self.steps.cells]),)
         # The first word from one beam per photo, the next ones from K: two graphs of a step.
         loop_vars = self._step(tf.constant(0), self._start(features), answers)
         # Until no photo is left: at max_length (step L - 1) every photo is done.
-        _, _, (ids, scores) = tf.while_loop(
+        _, _, answers = tf.while_loop(
             lambda t, beams, answers: tf.size(beams.photo) > 0,
             self._step,
             loop_vars,
             shape_invariants=_rows_may_shrink(loop_vars),
             maximum_iterations=self.L,
         )
-        return ids, scores
+        if self.with_attention:
+            return answers[0], answers[1], _words_only(answers[2], answers[0])
+        return answers
 
     def _start(self, features) -> _Beams:
         """One beam per photo, from its image: the K beams of the first step would be one.
@@ -302,6 +360,7 @@ class _BeamSearch:
             sequences=tf.zeros([B, W, self.L], tf.int32),
             best_score=tf.fill([B], float(_NEG_INF)),
             best_sequence=tf.zeros([B, self.L], tf.int32),
+            best_maps=tf.zeros([B, self.L, self.steps.cells]) if self.with_attention else (),
         )
 
     def _step(self, t, beams: _Beams, answers):
@@ -310,22 +369,35 @@ class _BeamSearch:
 
         candidates, state = self._candidates(t, beams)  # (A, K, V)
         # 1. Hypotheses that end here replace the finished one they beat.
-        ended, sequence = _best_ending_now(
-            self.normalize(candidates[:, :, END_ID], t + 1), beams.sequences, t
-        )
+        ending = self.normalize(candidates[:, :, END_ID], t + 1)
+        ended, sequence = _best_ending_now(ending, beams.sequences, t)
         better = ended > beams.best_score
         best_score = tf.where(better, ended, beams.best_score)
         best_sequence = tf.where(better[:, None], sequence, beams.best_sequence)
+        best_maps = self._best_maps(ending, state, better, beams.best_maps)
         # 2. Hypotheses that go on (the state is reordered to them by _compact).
         alive, sequences, parent, tokens = _go_on(candidates, beams.sequences, t, self.K)
         width = beams.tokens.shape[1]  # beams per photo in `state`: 1 at the first step, then K
         parent_rows = parent + tf.range(tf.shape(parent)[0])[:, None] * width
-        beams = _Beams(beams.photo, state, tokens, alive, sequences, best_score, best_sequence)
+        beams = _Beams(beams.photo, state, tokens, alive, sequences, best_score, best_sequence,
+                       best_maps)  # fmt: skip
         # 3. A photo is done when no live beam can beat its finished one, or at max_length.
         hope = self.normalize(tf.reduce_max(alive, axis=1), self.L + 1)
         done = (best_score >= hope) | (t == self.L - 1)
-        answers = self._answer(beams, _where(done), answers)
+        answers = self._answer(beams, _where(done), answers, parent_rows)
         return t + 1, _compact(beams, parent_rows, _where(~done)), answers
+
+    def _best_maps(self, ending, state, better, best_maps):
+        """The maps of the best finished hypothesis (A, L, cells): where one ending now beats
+        the one before, those of the beam _best_ending_now took (the same arg-max of `ending`,
+        (A, W)), from its row of the step's `state` (not reordered yet). () without attention."""
+        import tensorflow as tf
+
+        if not self.with_attention:
+            return best_maps
+        k_best = tf.argmax(ending, axis=1, output_type=tf.int32)  # (A,)
+        rows = k_best + tf.range(tf.shape(k_best)[0]) * ending.shape[1]
+        return tf.where(better[:, None, None], tf.gather(state[-1], rows), best_maps)
 
     def _candidates(self, t, beams: _Beams):
         """log P of each beam followed by each word (A, K, V), and the decoder's next state."""
@@ -338,25 +410,28 @@ class _BeamSearch:
             log_probs = _ban_repeated_ngrams(log_probs, beams.sequences, t, self.no_repeat_ngram)
         return beams.alive[:, :, None] + log_probs, state
 
-    def _answer(self, beams: _Beams, done, answers):
-        """Writes the answers of the rows `done` into (ids (B, L), scores (B,)): the best
-        finished hypothesis, or when none finished (a model that never says <end>) the best
-        live beam, scored as if it ended at max_length."""
+    def _answer(self, beams: _Beams, done, answers, parent_rows):
+        """Writes the answers of the rows `done` into (ids (B, L), scores (B,)[, maps (B, L,
+        cells)]): the best finished hypothesis, or when none finished (a model that never says
+        <end>) the best live beam, scored as if it ended at max_length."""
         import tensorflow as tf
 
         alive = tf.gather(beams.alive, done)
         best_score = tf.gather(beams.best_score, done)
-        live = tf.gather(tf.gather(beams.sequences, done), tf.argmax(alive, 1), batch_dims=1)
+        k_live = tf.argmax(alive, 1, output_type=tf.int32)
+        live = tf.gather(tf.gather(beams.sequences, done), k_live, batch_dims=1)
         none_finished = best_score <= _NEG_INF / 2
         sequence = tf.where(none_finished[:, None], live, tf.gather(beams.best_sequence, done))
         live_score = self.normalize(tf.reduce_max(alive, axis=1), self.L)
         score = tf.where(none_finished, live_score, best_score)
-        ids, scores = answers
+        found = [sequence, score]
+        if self.with_attention:  # the live beam's maps: its parent's row of the step's state
+            live_rows = tf.gather(tf.gather(parent_rows, done), k_live, batch_dims=1)
+            live_maps = tf.gather(beams.state[-1], live_rows)
+            best_maps = tf.gather(beams.best_maps, done)
+            found.append(tf.where(none_finished[:, None, None], live_maps, best_maps))
         at = tf.gather(beams.photo, done)[:, None]  # their rows in the batch
-        return (
-            tf.tensor_scatter_nd_update(ids, at, sequence),
-            tf.tensor_scatter_nd_update(scores, at, score),
-        )
+        return tuple(tf.tensor_scatter_nd_update(a, at, f) for a, f in zip(answers, found))
 
 
 def make_beam_search(
@@ -367,25 +442,29 @@ def make_beam_search(
     length_penalty: float = 0.7,
     no_repeat_ngram: int = 0,
     suppress_unk: bool = True,
+    with_attention: bool = False,
 ):
-    """Returns a compiled f(features (B, D)) -> (ids (B, max_length), scores (B,))."""
+    """Returns a compiled f(features (B, D)) -> (ids (B, max_length), scores (B,)); with
+    attention (steps with step_with_attention), (ids, scores, attention (B, max_length,
+    cells)): each answer's own weights at each of its words, zeros after them."""
     import tensorflow as tf
 
     search = _BeamSearch(
         steps, vocabulary_size, beam_size, max_length, length_penalty, no_repeat_ngram,
-        suppress_unk,
+        suppress_unk, with_attention,
     )  # fmt: skip
     return tf.function(search.run, input_signature=_features_signature())
 
 
-def make_search(steps, vocabulary_size: int, config):
+def make_search(steps, vocabulary_size: int, config, with_attention: bool = False):
     """Returns a compiled f(features (B, D)) -> (ids (B, max_length), scores (B,)) with the
     DecodeConfig settings: greedy for beam_size 1, else beam search; scores are log P /
-    length ** length_penalty either way."""
+    length ** length_penalty either way. with_attention: (ids, scores, attention) as above."""
     if config.beam_size <= 1:
         return make_greedy_search(
-            steps, vocabulary_size, config.max_length, length_penalty=config.length_penalty
-        )
+            steps, vocabulary_size, config.max_length, length_penalty=config.length_penalty,
+            with_attention=with_attention,
+        )  # fmt: skip
     return make_beam_search(
         steps,
         vocabulary_size,
@@ -393,30 +472,38 @@ def make_search(steps, vocabulary_size: int, config):
         config.max_length,
         config.length_penalty,
         config.no_repeat_ngram,
+        with_attention=with_attention,
     )
 
 
-def make_decoder(steps, vocabulary_size: int, config, batch_size: int = 512, scores=False):
+def make_decoder(
+    steps, vocabulary_size: int, config, batch_size: int = 512, scores=False, attention=False
+):
     """Returns f(features (N, D)) -> int32 word ids (N, max_length), with DecodeConfig settings.
 
     Each row holds a caption, then <end> and <pad> (or max_length words and no <end>). The
     search is compiled once and reused for every batch of `batch_size` images. With scores=True,
     f returns (ids, scores (N,)): log P / length ** length_penalty per caption, greedy or beam.
+    With attention=True (a decoder that attends: steps.cells > 0), f returns (ids, scores,
+    attention (N, max_length, cells)), the same search carrying each answer's own weights.
     """
-    if config.beam_size <= 1 and not scores:
+    if config.beam_size <= 1 and not (scores or attention):
         search = make_greedy_search(steps, vocabulary_size, config.max_length)
     else:
-        search = make_search(steps, vocabulary_size, config)
+        search = make_search(steps, vocabulary_size, config, with_attention=attention)
+    empty = [np.zeros((0, config.max_length), np.int32), np.zeros(0, np.float32)]
+    if attention:
+        empty.append(np.zeros((0, config.max_length, steps.cells), np.float32))
 
     def decode(features: np.ndarray):
-        ids, values = [np.zeros((0, config.max_length), np.int32)], [np.zeros(0, np.float32)]
+        parts = [empty]
         for start in range(0, len(features), batch_size):
             result = search(np.asarray(features[start : start + batch_size], np.float32))
-            if isinstance(result, tuple):  # beam search, or greedy with scores
-                result, batch_scores = result
-                values.append(batch_scores.numpy())
-            ids.append(result.numpy())
-        ids = np.concatenate(ids)
-        return (ids, np.concatenate(values)) if scores else ids
+            # greedy without scores gives ids alone; the others a tuple
+            parts.append([r.numpy() for r in (result if isinstance(result, tuple) else [result])])
+        outputs = [np.concatenate(column) for column in zip(*parts)]
+        if attention:
+            return tuple(outputs)
+        return (outputs[0], outputs[1]) if scores else outputs[0]
 
     return decode

@@ -4,6 +4,9 @@
     GET  /              a page: choose or drop photos, see each with its caption
     POST /api/caption   photos (multipart field `file`, repeatable, or one image as the body)
                         -> {"captions": [{"file", "caption", "score"}], "decoding", "seconds"}
+                        ?attention=1 (a model with attention): each caption also has
+                        "attention": {"words", "grid": [rows, columns], "weights" (words,
+                        rows, columns)}, the weights each word was predicted with
     GET  /api/health    the model, the limits, the batching and what was served
 
 The model is loaded once, before the server starts. Every model call runs on the batcher's one
@@ -35,7 +38,7 @@ from starlette.routing import Route
 from captioner.config import ServeConfig
 from captioner.data.images import IMAGE_FORMATS, decode_image
 from captioner.errors import ConfigError, ImageError, ImageTooLarge
-from captioner.inference.api import Captioner
+from captioner.inference.api import Captioner, attention_grid
 from captioner.serving.batcher import Batcher
 
 # Decoding options as query parameters: name -> (type, what a value must be).
@@ -45,6 +48,10 @@ QUERY_OPTIONS = {
     "no_repeat_ngram": (int, "a whole number"),
     "max_length": (int, "a whole number"),
 }
+# Query parameters that are not decoding settings: name -> what it asks for.
+QUERY_FLAGS = {"attention": "each word's attention weights (0 or 1)"}
+# Digits kept of each attention weight in the JSON: maps to draw, not to compute with.
+WEIGHT_DIGITS = 4
 # Threads that decode uploaded photos (Pillow releases the GIL): a few, so that many
 # concurrent uploads of large photos cannot hold many decoded photos in memory at once.
 DECODE_THREADS = 2
@@ -111,9 +118,11 @@ class _Service:
             await self.batcher.stop()
             self.decoders.shutdown(wait=False)
 
-    def _run_batch(self, decoding, images: list) -> list[tuple[str, float]]:
-        """One batch on the model thread: one encoder call, one decoder call."""
-        return self.captioner.caption_images(np.stack(images), decoding)
+    def _run_batch(self, key, images: list) -> list[tuple]:
+        """One batch on the model thread: one encoder call, one decoder call. key: (decoding
+        settings, attention), so that a batch never mixes searches."""
+        decoding, attention = key
+        return self.captioner.caption_images(np.stack(images), decoding, attention)
 
     async def page(self, request: Request) -> HTMLResponse:
         return HTMLResponse(self.page_html)
@@ -140,14 +149,12 @@ class _Service:
     async def caption(self, request: Request) -> JSONResponse:
         start = time.perf_counter()
         decoding = _decoding(self.captioner, request)
+        attention = _attention(self.captioner, request)
         uploads = await _uploads(request, self.settings)
         images = await self._decode(uploads)
-        results = await self.batcher.submit(decoding, images)
+        results = await self.batcher.submit((decoding, attention), images)
         self.requests += 1
-        captions = [
-            {"file": name, "caption": caption, "score": round(score, 4)}
-            for (name, _), (caption, score) in zip(uploads, results)
-        ]
+        captions = [_caption_json(name, *result) for (name, _), result in zip(uploads, results)]
         return JSONResponse(
             {
                 "captions": captions,
@@ -171,12 +178,36 @@ class _Service:
             raise BadRequest(400, str(error)) from None
 
 
+def _caption_json(name: str, caption: str, score: float, weights=None) -> dict:
+    answer = {"file": name, "caption": caption, "score": round(score, 4)}
+    if weights is not None:
+        answer["attention"] = {
+            "words": caption.split(),
+            "grid": list(weights.shape[1:]),
+            "weights": np.round(weights.astype(float), WEIGHT_DIGITS).tolist(),
+        }
+    return answer
+
+
+def _attention(captioner: Captioner, request: Request) -> bool:
+    """?attention=1: the weights too, for a model that attends (400 in one line otherwise)."""
+    text = request.query_params.get("attention", "0")
+    if text not in ("0", "1"):
+        raise BadRequest(400, f"attention: {text[:40]!r} is not 0 or 1")
+    if text == "1":
+        try:
+            attention_grid(captioner.runs, "attention=1")
+        except ConfigError as error:
+            raise BadRequest(400, str(error)) from None
+    return text == "1"
+
+
 def _decoding(captioner: Captioner, request: Request):
     """The decoding settings from the query string (?beam=3&length_penalty=0.7...)."""
     query = request.query_params
     for name in query:
-        if name not in QUERY_OPTIONS:
-            valid = ", ".join(QUERY_OPTIONS)
+        if name not in QUERY_OPTIONS and name not in QUERY_FLAGS:
+            valid = ", ".join([*QUERY_OPTIONS, *QUERY_FLAGS])
             raise BadRequest(400, f"unknown parameter {name[:40]!r} (valid: {valid})")
         if len(query.getlist(name)) > 1:
             raise BadRequest(400, f"{name}: given more than once")
