@@ -226,14 +226,6 @@ def test_bad_outputs_are_one_line_errors(tmp_path):
     )
 
 
-def test_help_states_the_exit_status_and_the_default_decode_batch():
-    from captioner.caption import DECODE_BATCH
-
-    text = " ".join(invoke("caption", "--help").output.split())
-    assert f"[default: {DECODE_BATCH}]" in text
-    assert "With --output, 0 even then: unreadable photos are listed on stderr" in text
-
-
 # --- the file format alone, without a model ---------------------------------------------------
 
 
