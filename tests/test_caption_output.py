@@ -102,7 +102,9 @@ def test_the_file_holds_the_captions_stdout_shows(run_dir, photos, tmp_path, suf
     assert [row["image"] for row in rows] == sorted(printed)  # the folder's order
     assert {row["image"]: row["caption"] for row in rows} == printed
     assert {row["error"] for row in rows} == ({None} if suffix == ".jsonl" else {""})
-    assert len(set(printed.values())) > 5  # real captions, not one for all
+    # Real captions, not one for all: 12 to 20 different ones measured (seeds 0-4, under
+    # oneDNN's AVX-512 and AVX2 kernels, Eigen's and 8 threads).
+    assert len(set(printed.values())) > 5
     again = invoke("caption", "--run", run_dir, photos, "--output", output, "--no-progress")
     assert again.stdout.startswith("captioned 0 photos (40 already in the output, 0 unreadable)")
     assert read_rows(output) == rows
