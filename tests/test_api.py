@@ -92,6 +92,7 @@ def test_unreadable_photos_raise_image_error_in_one_line(shipped_captioner, tmp_
         assert message in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_trained_run_and_an_ensemble_load_by_directory(flickr8k_data, tmp_path):
     features, run_dir = tmp_path / "features", tmp_path / "run"
     common = ["--data", flickr8k_data, "--encoder", TINY_ENCODER, "--features", features,

@@ -134,6 +134,7 @@ def test_a_row_cut_short_is_captioned_again(run_dir, photos, tmp_path, suffix):
     assert cut.read_bytes() == data  # the half row is gone, every photo once, in order
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_with_each_photo_once(run_dir, tmp_path):
     photos = write_photos(tmp_path / "many", 200, seed=2)
     output = tmp_path / "captions.jsonl"

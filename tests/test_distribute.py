@@ -18,6 +18,9 @@ import pytest
 
 from tests.conftest import TINY, TINY_ENCODER
 
+# Each test trains in two or four processes (13 to 32 s on 2 cores).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 # Dropout off: each replica draws its own masks. Clipping off: Keras clips each replica's
 # gradient before they are summed, so with clipping the two runs would differ by design.

@@ -9,6 +9,7 @@ from captioner.encoders import build_encoder, get_encoder, list_encoders
 from captioner.errors import EncoderError
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in list_encoders() if n != "tiny_test"])
 def test_each_encoder_gives_its_feature_size(name):
     spec = get_encoder(name)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from captioner.cli import cli
 from captioner.metrics import corpus_bleu_scores
 from captioner.text import clean_caption
 from tests.conftest import TINY_ENCODER
+
+# Each test trains for 40 epochs (about 30 and 50 s on 2 cores).
+pytestmark = pytest.mark.slow
 
 TINY_MODEL = [
     "--set",

@@ -65,6 +65,7 @@ def test_policy_gradient_makes_better_samples_more_likely():
     assert after[1] < before[1] - 1.5
 
 
+@pytest.mark.slow
 def test_finetune_writes_a_run_that_evaluates_and_keeps_its_best_epoch(flickr8k_data, tmp_path):
     from click.testing import CliRunner
 

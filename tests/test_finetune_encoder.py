@@ -114,6 +114,7 @@ def encoder_weights(run_dir):
 MARGINS = {"loss": 0.03, "val_loss": 0.035}
 
 
+@pytest.mark.slow
 def test_the_encoder_learns_and_the_decoder_learns_more_with_it(source_run, tuned):
     from captioner.rundir import load_run
 
@@ -141,6 +142,7 @@ def test_the_encoder_learns_and_the_decoder_learns_more_with_it(source_run, tune
     assert best_dev_loss < min(h["val_loss"] for h in frozen) - MARGINS["val_loss"]
 
 
+@pytest.mark.slow
 def test_a_finetuned_run_keeps_its_best_epoch_and_evaluates_with_its_own_encoder(tuned):
     run_dir, output, history = tuned["trained"]
     info = json.loads((run_dir / "run.json").read_text())
@@ -156,6 +158,7 @@ def test_a_finetuned_run_keeps_its_best_epoch_and_evaluates_with_its_own_encoder
     assert bleu4 == pytest.approx(history[best]["val_bleu4"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_cached_features_for_a_finetuned_encoder(tuned, tmp_path):
     run_dir = tuned["trained"][0]
     result = CliRunner().invoke(
@@ -166,6 +169,7 @@ def test_evaluate_refuses_cached_features_for_a_finetuned_encoder(tuned, tmp_pat
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_finetuned_run_captions_with_its_own_encoder(tuned, source_run, shapes_data):
     from captioner import Captioner
 
@@ -181,6 +185,7 @@ def test_a_finetuned_run_captions_with_its_own_encoder(tuned, source_run, shapes
     assert result.output.strip().split("\t")[1] == captioner.caption(photo)
 
 
+@pytest.mark.slow
 def test_an_ensemble_decodes_each_member_from_its_own_encoder(tuned, source_run, shapes_data):
     from captioner import Captioner
 
@@ -200,6 +205,7 @@ def test_an_ensemble_decodes_each_member_from_its_own_encoder(tuned, source_run,
     assert result.output.strip().split("\t")[1] == Captioner.load(trained, frozen).caption(photo)
 
 
+@pytest.mark.slow
 def test_self_critical_training_refuses_a_finetuned_encoder(tuned, tmp_path):
     result = CliRunner().invoke(cli, ["finetune", "--run", str(tuned["trained"][0]),
                                       "--run-dir", str(tmp_path / "scst")])  # fmt: skip
