@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -81,6 +83,50 @@ def flickr8k_data(tmp_path_factory, examples):
 @pytest.fixture(scope="session")
 def kaggle_data(tmp_path_factory, examples):
     return synthetic.write_kaggle(tmp_path_factory.mktemp("kaggle"), examples)
+
+
+# Where the suite's caches go instead of the user's: captioner's converted EfficientNet-Lite
+# weights (~/.cache/captioner), and the caches and configs the libraries it runs keep in the
+# home folder: Keras' (~/.keras), matplotlib's (~/.cache/matplotlib, ~/.config/matplotlib).
+# Set at configure time, before the test modules are imported (they import Keras and
+# matplotlib) and before any fixture: session-scoped ones (the shipped model, the CLI's caption
+# of the cat) run before the per-test `isolated` below. Subprocesses inherit it with os.environ.
+USER_CACHES = {
+    "CAPTIONER_CACHE": "captioner",
+    "XDG_CACHE_HOME": "cache",
+    "XDG_CONFIG_HOME": "config",
+    "KERAS_HOME": "keras",
+}
+SESSION_HOME = pytest.StashKey[Path]()
+SAVED_ENVIRONMENT = pytest.StashKey[dict]()
+
+
+def pytest_configure(config):
+    home = Path(tempfile.mkdtemp(prefix="captioner-tests-"))
+    config.stash[SESSION_HOME] = home
+    config.stash[SAVED_ENVIRONMENT] = {name: os.environ.get(name) for name in USER_CACHES}
+    for name, folder in USER_CACHES.items():
+        os.environ[name] = str(home / folder)
+    # `captioner caption` would start a background export after each call (its fast start,
+    # captioner.inference.light); tests/test_export.py turns it on where it is the subject.
+    config.stash[SAVED_ENVIRONMENT]["CAPTIONER_FAST_START"] = os.environ.get("CAPTIONER_FAST_START")
+    os.environ["CAPTIONER_FAST_START"] = "0"
+
+
+def pytest_unconfigure(config):
+    for name, value in config.stash.get(SAVED_ENVIRONMENT, {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if SESSION_HOME in config.stash:
+        shutil.rmtree(config.stash[SESSION_HOME], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_cache(pytestconfig) -> Path:
+    """$CAPTIONER_CACHE outside the tests themselves (each test gets its own: `isolated`)."""
+    return pytestconfig.stash[SESSION_HOME] / USER_CACHES["CAPTIONER_CACHE"]
 
 
 @pytest.fixture(autouse=True)

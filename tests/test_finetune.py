@@ -57,11 +57,15 @@ def test_policy_gradient_makes_better_samples_more_likely():
     for _ in range(10):
         step(features, inputs, targets, np.array([1.0, -1.0], np.float32))
     after = log_p()
-    # Measured: the rewarded caption gains 2.3 nats, the other loses 6.8 (seed 0).
-    assert after[0] > before[0] + 1.0
-    assert after[1] < before[1] - 3.0
+    # Measured on seeds 0-4: the rewarded caption gains 1.0 to 3.0 nats (2.3 on seed 0), the
+    # other loses 3.8 to 7.1 (6.8); AVX-512, AVX2, Eigen kernels and 8 threads move these by
+    # under 1e-5. The bounds are half the smallest gain and loss seen; with a learning rate of
+    # 0, or the advantages' signs swapped, both fail.
+    assert after[0] > before[0] + 0.5
+    assert after[1] < before[1] - 1.5
 
 
+@pytest.mark.slow
 def test_finetune_writes_a_run_that_evaluates_and_keeps_its_best_epoch(flickr8k_data, tmp_path):
     from click.testing import CliRunner
 

@@ -43,7 +43,7 @@ def test_augment_crops_zoom_in():
 
 @pytest.fixture(scope="module")
 def shapes_data(tmp_path_factory):
-    """The synthetic shapes with a dev split of 100 photos: dev BLEU-4 steady enough to compare
+    """The synthetic shapes with a dev split of 100 photos: dev scores steady enough to compare
     two trainings."""
     from tests import synthetic
 
@@ -55,7 +55,9 @@ def shapes_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def source_run(shapes_data, tmp_path_factory):
-    """A decoder trained on the tiny conv encoder's cached (frozen) features."""
+    """A decoder trained on the tiny conv encoder's cached (frozen) features, for 10 epochs:
+    the gap between fine-tuning with the encoder frozen and trained is steadier from there
+    than after 3 (measured on 4 seeds)."""
     from captioner.config import EncoderConfig
     from captioner.features.extract import extract_features
     from captioner.training.train import train
@@ -69,16 +71,18 @@ def source_run(shapes_data, tmp_path_factory):
         "encoder": {"name": TINY_CONV_ENCODER, "weights": "none"},
         "model": {"units": 32, "embedding_dim": 16, "dropout": 0.0},
         "text": {"min_word_count": 1},
-        "train": {"epochs": 3, "learning_rate": 0.01, "batch_size": 32},
+        "train": {"epochs": 10, "learning_rate": 0.01, "batch_size": 32},
     })  # fmt: skip
     train(flickr8k_data, folder / "f", folder / "run", config, progress=False)
     return folder / "run"
 
 
 def finetune(source, run_dir, encoder_rate: float, epochs: int = 12):
+    # Photos as they are (no crops): a larger, steadier gain from the encoder's learning than
+    # with augmentation, whose crops the tests of augment() cover.
     args = ["finetune-encoder", "--run", source, "--run-dir", run_dir, "--epochs", epochs,
             "--learning-rate", 0.01, "--encoder-learning-rate", encoder_rate,
-            "--batch-size", 8, "--no-progress",
+            "--batch-size", 8, "--no-augment", "--no-progress",
             "--set", "encoder_finetune.early_stopping_patience=0",
             "--set", "encoder_finetune.select_by=val_bleu4"]  # fmt: skip
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
@@ -91,7 +95,7 @@ def tuned(source_run, tmp_path_factory):
     """The same continuation of `source_run` twice: encoder frozen (rate 0), and trained."""
     folder = tmp_path_factory.mktemp("tuned")
     frozen = finetune(source_run, folder / "frozen", 0.0)
-    trained = finetune(source_run, folder / "trained", 0.01)
+    trained = finetune(source_run, folder / "trained", 0.003)
     return {"frozen": (folder / "frozen", *frozen), "trained": (folder / "trained", *trained)}
 
 
@@ -101,6 +105,16 @@ def encoder_weights(run_dir):
     return load_run(run_dir).load_encoder().get_weights()
 
 
+# How much lower the trained encoder's losses are than the frozen one's, at least: the mean
+# training loss of the last 4 epochs, and the best dev loss. Measured on seeds 0-4 (source
+# training and fine-tuning), each under oneDNN's AVX-512 and AVX2 kernels, Eigen's
+# (TF_ENABLE_ONEDNN_OPTS=0) and 8 threads, 20 runs: gaps of 0.066 to 0.124 and 0.072 to
+# 0.135 (seed 0 here: 0.123 and 0.135). Each bound is under half the smallest gap; with the
+# encoder frozen in both runs (rate 0) both gaps are 0.
+MARGINS = {"loss": 0.03, "val_loss": 0.035}
+
+
+@pytest.mark.slow
 def test_the_encoder_learns_and_the_decoder_learns_more_with_it(source_run, tuned):
     from captioner.model.rundir import load_run
 
@@ -110,23 +124,25 @@ def test_the_encoder_learns_and_the_decoder_learns_more_with_it(source_run, tune
     assert "fine-tuned encoder and decoder 12 epochs" in output
     assert [h["epoch"] for h in history] == list(range(13))  # epoch 0: the starting point
     kernel, bias, gamma, beta, mean, variance = encoder_weights(trained_dir)
-    # The two channels that started blind learnt to see.
-    assert np.abs(kernel[..., 1:]).max() > 0.05 and np.abs(kernel - start[0]).max() > 0.05
+    # The two channels that started blind (all zero) learnt to see: their largest weight
+    # measured 0.018 to 0.043 in the 20 runs of MARGINS; exactly 0 with the encoder frozen.
+    assert np.abs(kernel[..., 1:]).max() > 0.008 and np.abs(kernel - start[0]).max() > 0.008
     for got, was in zip((gamma, beta, mean, variance), start[2:]):  # BatchNorm frozen
         np.testing.assert_array_equal(got, was)
     for got, was in zip(encoder_weights(tuned["frozen"][0]), start):  # rate 0: bit for bit
         np.testing.assert_array_equal(got, was)
-    # Same photos, crops, captions and decoder rate; only the encoder's learning differs.
-    # Measured (seed 0): last-epoch loss 0.426 against 0.482, best dev loss 0.409 against
-    # 0.476, best dev BLEU-4 (greedy) 0.747 against 0.627.
-    assert history[-1]["loss"] < frozen[-1]["loss"] - 0.03
-    best = {key: [min, max][key == "val_bleu4"] for key in ("val_loss", "val_bleu4")}
-    trained_best = {key: pick(h[key] for h in history) for key, pick in best.items()}
-    frozen_best = {key: pick(h[key] for h in frozen) for key, pick in best.items()}
-    assert trained_best["val_loss"] < frozen_best["val_loss"] - 0.03
-    assert trained_best["val_bleu4"] > frozen_best["val_bleu4"] + 0.05
+    # Same photos, captions, order and decoder rate; only the encoder's learning differs.
+    # Losses, not dev BLEU-4: BLEU moves by steps of a few hundredths from one kernel to the
+    # next on 100 dev photos (0.75 against 0.63 on one CPU, 0.71 against 0.66 on another
+    # with the settings before these); a loss averaged over words and epochs moves smoothly.
+    trained_loss = np.mean([h["loss"] for h in history[-4:]])  # the last 4 epochs
+    frozen_loss = np.mean([h["loss"] for h in frozen[-4:]])
+    assert trained_loss < frozen_loss - MARGINS["loss"]
+    best_dev_loss = min(h["val_loss"] for h in history)
+    assert best_dev_loss < min(h["val_loss"] for h in frozen) - MARGINS["val_loss"]
 
 
+@pytest.mark.slow
 def test_a_finetuned_run_keeps_its_best_epoch_and_evaluates_with_its_own_encoder(tuned):
     run_dir, output, history = tuned["trained"]
     info = json.loads((run_dir / "run.json").read_text())
@@ -142,6 +158,7 @@ def test_a_finetuned_run_keeps_its_best_epoch_and_evaluates_with_its_own_encoder
     assert bleu4 == pytest.approx(history[best]["val_bleu4"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_cached_features_for_a_finetuned_encoder(tuned, tmp_path):
     run_dir = tuned["trained"][0]
     result = CliRunner().invoke(
@@ -152,6 +169,7 @@ def test_evaluate_refuses_cached_features_for_a_finetuned_encoder(tuned, tmp_pat
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_finetuned_run_captions_with_its_own_encoder(tuned, source_run, shapes_data):
     from captioner import Captioner
 
@@ -167,6 +185,7 @@ def test_a_finetuned_run_captions_with_its_own_encoder(tuned, source_run, shapes
     assert result.output.strip().split("\t")[1] == captioner.caption(photo)
 
 
+@pytest.mark.slow
 def test_an_ensemble_decodes_each_member_from_its_own_encoder(tuned, source_run, shapes_data):
     from captioner import Captioner
 
@@ -186,6 +205,7 @@ def test_an_ensemble_decodes_each_member_from_its_own_encoder(tuned, source_run,
     assert result.output.strip().split("\t")[1] == Captioner.load(trained, frozen).caption(photo)
 
 
+@pytest.mark.slow
 def test_self_critical_training_refuses_a_finetuned_encoder(tuned, tmp_path):
     result = CliRunner().invoke(cli, ["finetune", "--run", str(tuned["trained"][0]),
                                       "--run-dir", str(tmp_path / "scst")])  # fmt: skip

@@ -167,6 +167,7 @@ def run(*args) -> str:
     return result.output
 
 
+@pytest.mark.slow
 def test_extract_train_evaluate_on_a_coco_like_karpathy_folder(examples, tmp_path):
     """Train photos in train2014/, the others in val2014/: extract and the report must find
     both; the scores are not checked (2 epochs), only that each stage runs on this layout."""

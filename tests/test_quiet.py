@@ -76,6 +76,7 @@ def captioner(*args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_a_successful_command_writes_nothing_to_stderr_unless_asked(tmp_path):
     """The real CLI in a fresh process: TensorFlow's import-time lines are hidden by default and
     shown with --verbose or CAPTIONER_DEBUG (which would fail if they were hidden there too)."""

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from captioner.cli import cli
@@ -52,6 +53,7 @@ def _kill_after_first_epoch(command: list[str], run_dir: Path) -> int:
     return len(_history(run_dir))
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_losses_of_an_uninterrupted_one(flickr8k_data, tmp_path):
     from captioner.features.extract import extract_features
 

@@ -331,6 +331,7 @@ def wait_for_health(url: str, process: subprocess.Popen, log, timeout: float = 1
     pytest.fail(f"no answer from {url} in {timeout} s: {log.read_text()[-2000:]}")
 
 
+@pytest.mark.slow
 def test_a_real_server_answers_and_a_stalled_client_does_not_hold_it(
     tmp_path, cli_caption_of_chelsea
 ):

@@ -66,6 +66,7 @@ def sharded(flickr8k_data, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_two_shards_from_two_processes_equal_one_unsharded_run(sharded):
     whole, parts = load_feature_cache(sharded / "whole"), load_feature_cache(sharded / "sharded")
     names = sorted(whole.row_of)
@@ -74,6 +75,7 @@ def test_two_shards_from_two_processes_equal_one_unsharded_run(sharded):
     assert {str(shard): done for shard, done in parts.shards.items()} == {"1/2": True, "2/2": True}
 
 
+@pytest.mark.slow
 def test_info_reports_the_shards_and_the_photos(sharded):
     result = CliRunner().invoke(cli, ["info", str(sharded / "sharded"), "--json"])
     assert result.exit_code == 0, result.output
@@ -84,6 +86,7 @@ def test_info_reports_the_shards_and_the_photos(sharded):
     assert about["encoder"] == TINY_ENCODER and about["bytes_on_disk"] > 160 * 192 * 4
 
 
+@pytest.mark.slow
 def test_a_deleted_shard_is_named_in_one_line(sharded, flickr8k_data, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(sharded / "sharded", cache)
@@ -103,6 +106,7 @@ def test_a_deleted_shard_is_named_in_one_line(sharded, flickr8k_data, tmp_path):
     assert about["shards"]["missing"] == ["2/2"] and "shard 2/2 is missing" in about["problem"]
 
 
+@pytest.mark.slow
 def test_a_shard_extracted_twice_into_one_folder_is_refused(sharded, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(sharded / "sharded", cache)
@@ -167,6 +171,7 @@ def test_lazy_rows_read_what_memory_holds(tmp_path):
     np.testing.assert_array_equal(np.asarray(lazy), cache.matrix(order))
 
 
+@pytest.mark.slow
 def test_training_from_lazy_rows_equals_training_from_memory(sharded, flickr8k_data, tmp_path):
     from captioner.config import Config, merge
     from captioner.training.train import train

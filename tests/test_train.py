@@ -87,6 +87,7 @@ def test_batch_count_is_known_before_the_epoch(tiny):
         assert sum(1 for _ in batches) == count_batches(arrays, batch_size) == len(batches)
 
 
+@pytest.mark.slow
 def test_mixed_precision_trains_and_leaves_float32_behind(flickr8k_data, tmp_path):
     import keras
 
@@ -112,6 +113,7 @@ def test_mixed_precision_trains_and_leaves_float32_behind(flickr8k_data, tmp_pat
         assert (tmp_path / "run" / name).exists(), name
 
 
+@pytest.mark.slow
 def test_the_best_epoch_can_be_chosen_by_dev_bleu(flickr8k_data, tmp_path):
     from captioner.features.extract import extract_features
     from captioner.training.train import train
