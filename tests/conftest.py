@@ -162,3 +162,15 @@ def cli_caption_of_chelsea() -> str:
     path, caption = result.output.strip().split("\t")
     assert path == str(CHELSEA)
     return caption
+
+
+def score_names() -> list[str]:
+    """The columns `captioner evaluate` prints here: coco-caption's METEOR needs Java and
+    pycocoevalcap, its ROUGE-L pycocoevalcap only (SPICE's models are never installed here)."""
+    import importlib.util
+    import shutil
+
+    coco = importlib.util.find_spec("pycocoevalcap") is not None
+    meteor = ["METEOR"] if coco and shutil.which("java") else []
+    return ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", *meteor, *(["ROUGE-L"] if coco else []),
+            "CIDEr-D"]  # fmt: skip

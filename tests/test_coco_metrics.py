@@ -48,6 +48,7 @@ def test_captioners_cider_d_is_coco_captions_to_the_last_digit():
 
 @needs_pycocoevalcap
 @needs_java
+@pytest.mark.slow  # METEOR's Java loads its tables: seconds
 def test_meteor_and_rouge_l_come_from_coco_caption():
     from captioner.inference.coco_metrics import CocoScorers
 
@@ -91,6 +92,7 @@ def blind_run(flickr8k_data, tmp_path_factory):
     return folder / "run"
 
 
+@pytest.mark.slow
 def test_evaluate_prints_what_it_cannot_score_and_flags_a_blind_model(blind_run, monkeypatch):
     monkeypatch.setenv("PATH", "/nowhere")  # no Java
     result = CliRunner().invoke(cli, ["evaluate", "--run", str(blind_run), "--split", "dev"])
@@ -110,6 +112,7 @@ def test_evaluate_prints_what_it_cannot_score_and_flags_a_blind_model(blind_run,
 
 @needs_pycocoevalcap
 @needs_java
+@pytest.mark.slow
 def test_coco_tokenization_scores_with_coco_captions_own_pipeline(blind_run):
     result = CliRunner().invoke(cli, ["evaluate", "--run", str(blind_run), "--split", "dev",
                                       "--tokenize", "coco"])  # fmt: skip

@@ -69,6 +69,7 @@ def tuned_by_dev_loss(flickr8k_data, tmp_path_factory):
     return folder / "tuned"
 
 
+@pytest.mark.slow
 def test_info_on_a_finetune_encoder_run_names_the_epoch_evaluate_scores(tuned_by_dev_loss):
     run = tuned_by_dev_loss
     history = json.loads((run / "history.json").read_text())

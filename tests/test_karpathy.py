@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from captioner.cli import cli
 from captioner.data.datasets import load_dataset
 from captioner.errors import DataError
-from tests.conftest import DEV, TEST, TINY_ENCODER, TRAIN
+from tests.conftest import DEV, TEST, TINY_ENCODER, TRAIN, score_names
 from tests.synthetic import write_flickr8k, write_karpathy
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_karpathy_json.py"
@@ -189,7 +189,7 @@ def test_extract_train_evaluate_on_a_coco_like_karpathy_folder(examples, tmp_pat
         "--set", "text.min_word_count=1")  # fmt: skip
     out = run("evaluate", "--run", run_dir, "--beam", 1, "--report", tmp_path / "report.html")
     assert out.splitlines()[0].startswith(f"test split: {TEST} images")
-    assert out.splitlines()[1].split() == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D"]
+    assert out.splitlines()[1].split() == score_names()
     # Every test photo is in val2014/, not images_dir: the report still shows each one.
     page = (tmp_path / "report.html").read_text()
     assert page.count('src="data:image/jpeg;base64,') == 3 * 8
