@@ -40,11 +40,14 @@ class CaptionerCommand(click.Command):
 
 
 class CaptionerGroup(click.Group):
-    """Turns library errors into one line and exit 1 (CAPTIONER_DEBUG=1 keeps the traceback)."""
+    """Turns library errors into one line and exit 1 (CAPTIONER_DEBUG=1 keeps the traceback),
+    and so a full disk, wherever a write met it (the library names most of them itself)."""
 
     command_class = CaptionerCommand
 
     def invoke(self, ctx):
+        from captioner.files import disk_full
+
         try:
             return super().invoke(ctx)
         except CaptionerError as error:
@@ -54,6 +57,11 @@ class CaptionerGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: finished work was saved", err=True)
             sys.exit(130)
+        except Exception as error:
+            full = disk_full(error)
+            if full is None or os.environ.get("CAPTIONER_DEBUG"):
+                raise
+            raise click.ClickException(str(full)) from None
 
 
 def _load(config_path, assignments, **sections):
@@ -572,7 +580,7 @@ def info(path, as_json):
         click.echo(json.dumps(about, indent=2))
         return
     for key, value in about.items():
-        if isinstance(value, dict) and key in ("config", "shards", "encoder", "best"):
+        if isinstance(value, dict) and key in ("config", "shards", "encoder", "best", "damaged"):
             value = ", ".join(f"{k} {_compact(v)}" for k, v in value.items())
         click.echo(f"{key + ':':16} {_compact(value)}")
 

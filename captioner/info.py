@@ -8,7 +8,9 @@ from pathlib import Path
 
 from captioner.errors import CacheError, CaptionerError
 from captioner.features.store import STORE_FILE, find_shards, load_feature_cache, missing_shards
+from captioner.files import what_is_wrong
 from captioner.model.rundir import (
+    FILE_KINDS,
     HISTORY_FILE,
     RUN_FILE,
     SELECTION_FILE,
@@ -63,7 +65,9 @@ def describe_cache(path: Path) -> dict:
 
 
 def describe_run(path: Path) -> dict:
-    """Encoder, vocabulary, the config, and the best epoch's scores from history.json."""
+    """Encoder, vocabulary, the config, the best epoch's scores from history.json, and the run's
+    files that are empty, cut short or damaged under "damaged" (checked whole, against their
+    checksums where they have them)."""
     run = load_run(path)
     about = {
         "kind": "run directory" + (" (the shipped model)" if run.shipped else ""),
@@ -75,15 +79,25 @@ def describe_run(path: Path) -> dict:
         "ensemble": run.info.get("ensemble", []),
         "config": run.config.to_dict(),
     }
+    damaged = _damaged_files(path)
     history_file = path / HISTORY_FILE
-    if history_file.is_file():
+    if history_file.is_file() and HISTORY_FILE not in damaged:
         history = json.loads(history_file.read_text(encoding="utf-8"))
         about["epochs"] = len([row for row in history if row.get("epoch", 0) > 0])
-        if (path / SELECTION_FILE).is_file():
+        if (path / SELECTION_FILE).is_file() and SELECTION_FILE not in damaged:
             about["best"] = _kept_epoch(history, path / SELECTION_FILE)
     if "provenance" in run.info:
         about["scores"] = run.info["provenance"].get("scores")
+    if damaged:
+        about["damaged"] = damaged
     return about
+
+
+def _damaged_files(path: Path) -> dict[str, str]:
+    """name -> what is wrong, for each file of the run that is there but not whole."""
+    wrong = {name: what_is_wrong(path / name, *kind) for name, kind in FILE_KINDS.items()
+             if (path / name).is_file()}  # fmt: skip
+    return {name: why for name, why in wrong.items() if why is not None}
 
 
 def _kept_epoch(history: list[dict], selection_file: Path) -> dict:

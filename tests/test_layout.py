@@ -19,8 +19,8 @@ STAGES = {
     "captioner.export.export",
     "captioner.info",
 }
-# The rooms, bottom up: a room may use the ground (config, errors, files, metrics, quiet) and the
-# rooms listed for it, never a room above it or beside it. cli.py and the package's own
+# The rooms, bottom up: a room may use the ground (config, errors, files, locks, metrics, quiet)
+# and the rooms listed for it, never a room above it or beside it. cli.py and the package's own
 # __init__ (the Python API's entry) stand on top and may use any.
 ROOMS_BELOW = {
     "data": set(),
@@ -33,7 +33,7 @@ ROOMS_BELOW = {
     # The exported captioner's light runtime: NumPy and onnxruntime, no model code, no TF.
     "runtime": {"data"},
 }
-GROUND = {"__version__", "config", "errors", "files", "metrics", "quiet"}
+GROUND = {"__version__", "config", "errors", "files", "locks", "metrics", "quiet"}
 MAX_FUNCTION_LINES = 60
 
 

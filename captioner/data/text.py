@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from captioner.errors import RunError
-from captioner.files import write_atomic
+from captioner.files import what_is_wrong, write_atomic
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)
@@ -62,15 +62,18 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
+        label, advice = "a captioner vocabulary", "copy it again or retrain"
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            raise RunError(f"{path}: cannot read the vocabulary ({error})") from None
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise RunError(f"{path}: not a captioner vocabulary file")
+            wrong = what_is_wrong(path, "json", label) or f"cannot be read ({error})"
+            raise RunError(f"{path}: {wrong}: {advice}") from None
+        whole = isinstance(data, dict) and data.get("format") == _FORMAT
+        if not (whole and isinstance(data.get("words"), list)):
+            raise RunError(f"{path}: not {label}: {advice}")
         words = data["words"]
         if tuple(words[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
-            raise RunError(f"{path}: the special tokens are not in their places")
+            raise RunError(f"{path}: the special tokens are not in their places: {advice}")
         return cls(words[len(SPECIAL_TOKENS) :], data.get("min_word_count", 1))
 
 

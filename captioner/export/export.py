@@ -7,8 +7,8 @@ that are not captioner.
 
 Either way OUT/captioner-export.json says what was exported (runs, decoding settings, input
 size, versions) and, for onnx, holds the vocabulary. The export is written beside OUT and moved
-into place whole: a failed export leaves nothing, and an existing one is replaced only when
-told (force).
+into place whole: a failed export (a full disk included: DiskFullError) leaves nothing, and an
+existing one is replaced only when told (force).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from captioner.config import EXPORT_FORMATS, DecodeConfig
 from captioner.errors import ConfigError
+from captioner.files import disk_full_as_error
 from captioner.model.rundir import Run, load_runs, write_json
 
 MANIFEST_FILE = "captioner-export.json"
@@ -56,9 +57,10 @@ def export_model(
     decoding = decoding or runs[0].decoding()
     staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
-        staging.mkdir(parents=True)
-        _write(export_format, runs, decoding, staging, version)
-        _move_into_place(staging, out, target)
+        with disk_full_as_error(out):  # TensorFlow's and tf2onnx's writes too, not ours alone
+            staging.mkdir(parents=True)
+            _write(export_format, runs, decoding, staging, version)
+            _move_into_place(staging, out, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
@@ -78,6 +80,8 @@ def _write(export_format: str, runs: list[Run], decoding: DecodeConfig, staging:
 
         write_onnx(runs, staging)
         manifest["vocabulary"] = runs[0].vocabulary.words
+        # Each model's size: the runtime tells a file cut short (a copy interrupted) by it.
+        manifest["files"] = {f.name: f.stat().st_size for f in sorted(staging.glob("*.onnx"))}
     write_json(staging / MANIFEST_FILE, manifest)
 
 
@@ -125,7 +129,10 @@ def _merge_versions(new_manifest: Path, old_manifest: Path) -> None:
     import json
 
     new = json.loads(new_manifest.read_text(encoding="utf-8"))
-    if old_manifest.is_file():
-        old = json.loads(old_manifest.read_text(encoding="utf-8"))
-        new["versions"] = sorted(set(old.get("versions", [])) | set(new["versions"]))
+    try:
+        old = set(json.loads(old_manifest.read_text(encoding="utf-8")).get("versions", []))
+    except (OSError, ValueError, AttributeError, TypeError):  # none yet, or damaged: the
+        folders = old_manifest.parent.iterdir()  # version folders say which versions are there
+        old = {int(f.name) for f in folders if f.is_dir() and f.name.isdigit()}
+    new["versions"] = sorted(old | set(new["versions"]))
     write_json(old_manifest, new)

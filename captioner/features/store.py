@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from captioner.data.shards import Shard
-from captioner.errors import CacheError
-from captioner.files import atomic_file, write_atomic
+from captioner.errors import CacheError, DiskFullError
+from captioner.files import atomic_file, what_is_wrong, write_atomic
 
 STORE_FORMAT = "captioner-store/1"
 STORE_FILE = "store.json"
@@ -190,7 +190,11 @@ def _read_info(path: Path) -> CacheInfo:
         if data.pop("format", None) != STORE_FORMAT:
             raise ValueError("not a captioner store")
         return CacheInfo(**data)
-    except (OSError, ValueError, TypeError) as error:
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        wrong = what_is_wrong(where, "json", "a cache description")
+        if wrong is not None:  # the parts may be whole, but nothing says what made them
+            raise CacheError(f"{where}: {wrong}: copy the cache again, or delete it and run "
+                             "`captioner extract` again") from None  # fmt: skip
         raise CacheError(f"{where}: unreadable cache description ({error})") from None
 
 
@@ -232,6 +236,13 @@ def _read_part(part_json: Path, info: CacheInfo, row_of: dict[str, int], start: 
     """Memory-maps one part after checking it against its description and the cache's; its
     photos get rows `start`.. in `row_of`."""
     npy = part_json.with_suffix(".npy")
+    for file, kind in ((part_json, "json"), (npy, "npy")):
+        wrong = what_is_wrong(file, kind, "a part of a feature cache")
+        if wrong is not None:
+            raise CacheError(
+                f"{file}: {wrong}: delete {npy.name} and {part_json.name}, then run the same "
+                "`captioner extract` again: it encodes only the photos the cache lacks"
+            )
     try:
         names = json.loads(part_json.read_text(encoding="utf-8"))["names"]
         rows = np.load(npy, mmap_mode="r", allow_pickle=False)
@@ -289,9 +300,18 @@ class CacheWriter:
         if not self._names:
             return
         stem = f"{self._tag}.{uuid.uuid4().hex[:12]}"
-        with atomic_file(self.path / f"{stem}.npy") as file:
-            np.save(file, np.concatenate(self._rows), allow_pickle=False)
-        write_atomic(self.path / f"{stem}.json", _json_bytes({"names": self._names}))
+        rows = np.concatenate(self._rows)
+        try:
+            with atomic_file(self.path / f"{stem}.npy", rows.nbytes + 128) as file:
+                np.save(file, rows, allow_pickle=False)
+            write_atomic(self.path / f"{stem}.json", _json_bytes({"names": self._names}))
+        except DiskFullError:
+            # No part is written (a .npy without its .json would be ignored, and takes room):
+            # these photos are encoded again next time. Dropped now, so that no later flush
+            # retries in vain.
+            (self.path / f"{stem}.npy").unlink(missing_ok=True)
+            self._names, self._rows = [], []
+            raise
         self._names, self._rows = [], []
 
     def finish(self, images: int, failed: dict[str, str]) -> None:

@@ -21,6 +21,7 @@ from captioner.data.images import Photo, find_photos
 from captioner.data.shards import Shard
 from captioner.errors import ConfigError
 from captioner.inference.caption_files import CaptionWriter, output_format, read_names
+from captioner.locks import WriterLock
 from captioner.model.rundir import Run
 
 # Photos whose features are decoded together: beam search takes less CPU per photo on large
@@ -241,19 +242,31 @@ def caption_to_file(
     output_format(output)  # an unknown suffix fails before any work
     photos = select_photos(inputs, shard)
     _check_names_unique(photos, output)
-    done = read_names(output)
-    todo = [photo for photo in photos if photo.name not in done]
-    summary = CaptionFileSummary(Path(output), 0, len(photos) - len(todo))
-    bar = tqdm(total=len(todo), unit="photo", desc="caption", disable=not (progress and todo))
-    chunks = iter_captions(run_dirs, todo, decode, decode_batch=decode_batch) if todo else []
-    with CaptionWriter(output) as writer, bar:
-        for chunk in chunks:
-            writer.write((result.name, result.caption or "", result.error) for result in chunk)
-            summary.captioned += sum(result.error is None for result in chunk)
-            summary.unreadable.update({r.name: r.error for r in chunk if r.error is not None})
-            bar.update(len(chunk))
+    with _only_writer(Path(output)):  # from reading what is done to the last row appended
+        done = read_names(output)
+        todo = [photo for photo in photos if photo.name not in done]
+        summary = CaptionFileSummary(Path(output), 0, len(photos) - len(todo))
+        bar = tqdm(total=len(todo), unit="photo", desc="caption", disable=not (progress and todo))
+        chunks = iter_captions(run_dirs, todo, decode, decode_batch=decode_batch) if todo else []
+        with CaptionWriter(output) as writer, bar:
+            for chunk in chunks:
+                writer.write((result.name, result.caption or "", result.error) for result in chunk)
+                summary.captioned += sum(result.error is None for result in chunk)
+                summary.unreadable.update({r.name: r.error for r in chunk if r.error is not None})
+                bar.update(len(chunk))
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _only_writer(output: Path) -> WriterLock:
+    """The captions file's lock (.NAME.lock beside it): two processes appending to one file
+    would each caption the photos the other is captioning. Shards each have their own file."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # no lock can be had there, and CaptionWriter says why it cannot write either
+    return WriterLock(output.with_name(f".{output.name}.lock"), output,
+                      "wait for it to end or stop it, or give another --output")  # fmt: skip
 
 
 def _check_names_unique(photos: list[Photo], output: str | Path) -> None:

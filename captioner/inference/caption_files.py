@@ -3,8 +3,9 @@
 Columns: `image` (the photo's name: the path as given, or relative to the folder given),
 `caption` (empty for a photo that could not be read) and `error` (why it could not be read;
 empty in CSV/TSV and null in JSON lines for a captioned photo). Rows are appended a batch at a
-time and flushed, so a killed run keeps what it wrote; the next run reads the names already
-there, cuts off a last row left half-written, and appends the rest.
+time and flushed, so a killed run, or one stopped by a full disk (DiskFullError), keeps what it
+wrote; the next run reads the names already there, cuts off a last row left half-written, and
+appends the rest. A file that does not start as a captions file is refused, never cut.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from captioner.errors import ConfigError, DataError
+from captioner.files import disk_full
 
 COLUMNS = ("image", "caption", "error")
 DELIMITERS = {".jsonl": None, ".csv": ",", ".tsv": "\t"}  # None: one JSON object a line
@@ -60,10 +64,25 @@ def _read_and_repair(path: Path, delimiter: str | None) -> set[str]:
             end = offset
         names.discard(None)  # the header's
         size = file.seek(0, io.SEEK_END)
+        file.seek(end)
+        tail = file.read(size - end)
     if end < size:
+        if end == 0 and not _starts_a_captions_file(tail, delimiter):
+            raise DataError(f"{path}: not a captions file (no complete line, and it does not "
+                            "start as one): give another --output")  # fmt: skip
         with open(path, "r+b") as file:
             file.truncate(end)
     return names
+
+
+def _starts_a_captions_file(data: bytes, delimiter: str | None) -> bool:
+    """Whether `data`, a file's only line, cut short, can be the start of a captions file: the
+    beginning of a JSON line's row, or of the CSV/TSV header. Anything else is not cut."""
+    if delimiter is None:
+        start = b'{"image": '
+        return data[: len(start)] == start[: len(data)]
+    header = (delimiter.join(COLUMNS) + "\n").encode(ENCODING)
+    return header.startswith(data)
 
 
 def _complete_lines(file) -> Iterator[tuple[int, str]]:
@@ -125,30 +144,48 @@ class CaptionWriter:
         self.path = Path(path)
         self.delimiter = DELIMITERS[output_format(self.path)]
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            empty = not self.path.exists() or self.path.stat().st_size == 0
-            self.file = open(self.path, "a", encoding=ENCODING, errors=ERRORS, newline="")
+            with self._room():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                empty = not self.path.exists() or self.path.stat().st_size == 0
+                self.file = open(self.path, "a", encoding=ENCODING, errors=ERRORS, newline="")
         except OSError as error:
             raise DataError(f"{path}: cannot write it ({error.strerror or error})") from None
         self.csv = None
         if self.delimiter is not None:
             self.csv = csv.writer(self.file, delimiter=self.delimiter, lineterminator="\n")
             if empty:
-                self.csv.writerow(COLUMNS)
-                self.file.flush()
+                with self._room():
+                    self.csv.writerow(COLUMNS)
+                    self.file.flush()
 
     def write(self, rows: Iterable[tuple[str, str, str | None]]) -> None:
         """Appends (image, caption, error or None) rows and flushes them to the file."""
-        for image, caption, error in rows:
-            if self.csv is not None:
-                self.csv.writerow((image, caption, error or ""))
-            else:
-                row = dict(zip(COLUMNS, (image, caption, error)))
-                self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self.file.flush()
+        with self._room():
+            for image, caption, error in rows:
+                if self.csv is not None:
+                    self.csv.writerow((image, caption, error or ""))
+                else:
+                    row = dict(zip(COLUMNS, (image, caption, error)))
+                    self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self.file.flush()
+            os.fsync(self.file.fileno())  # on disk, not in a cache: a full disk shows now
 
     def close(self) -> None:
-        self.file.close()
+        with self._room():  # what a failed write left in the buffer is tried once more here
+            self.file.close()
+
+    @contextmanager
+    def _room(self):
+        """A full disk is a DiskFullError: the rows on disk are whole but for the last one,
+        which the next run cuts off before it appends the photos the file lacks."""
+        try:
+            yield
+        except OSError as error:
+            full = disk_full(error, self.path)
+            if full is None:
+                raise
+            raise full.then("run the same command again: it captions only the photos the "
+                            "file lacks") from error  # fmt: skip
 
     def __enter__(self):
         return self

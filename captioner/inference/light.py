@@ -63,11 +63,14 @@ def export_light_in_background(runs: list[Run]) -> None:
     folder = light_export_dir(runs)
     if folder.exists():
         return
-    folder.parent.mkdir(parents=True, exist_ok=True)
     shipped = runs[0].shipped and len(runs) == 1 + len(runs[0].info.get("ensemble", []))
     given = [] if shipped else [a for run in runs for a in ("--run", str(run.directory))]
     command = [sys.executable, "-m", "captioner", "export", str(folder), "--format", "onnx",
                *given]  # fmt: skip
-    with open(folder.parent / f"{folder.name}.log", "ab") as log:
-        subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                         start_new_session=True)  # fmt: skip
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.parent / f"{folder.name}.log", "ab") as log:
+            subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             start_new_session=True)  # fmt: skip
+    except OSError:  # a full disk or a read-only cache: the captions are out; next time, then
+        return

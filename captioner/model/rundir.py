@@ -17,6 +17,11 @@ history.json, training.csv   per-epoch losses, scores and learning rate; loss.pn
 logs/              TensorBoard's event files (`train` only)
 resume.npz         where `train --resume` continues: every variable of the model and the
                    optimizer after the last finished epoch, and the callbacks' counters
+.captioner.lock    while a process writes the run: its OS lock, naming it (captioner.locks);
+                   removed when it ends
+
+A file that is missing, empty, cut short or not what it should be is a RunError naming it, what
+is wrong with it and what to do (`damaged`).
 """
 
 from __future__ import annotations
@@ -24,8 +29,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,13 +38,27 @@ import numpy as np
 from captioner.config import Config, DecodeConfig, config_from_dict, merge
 from captioner.data.text import Vocabulary
 from captioner.errors import RunError
-from captioner.files import usual_permissions, write_atomic
+from captioner.files import what_is_wrong, write_atomic, write_through_temporary
 
 RUN_FORMAT = "captioner-run/1"
 MODEL_FILE, LAST_FILE, WEIGHTS_FILE = "model.keras", "last.keras", "weights.npz"
 VOCABULARY_FILE, RUN_FILE, HISTORY_FILE = "vocabulary.json", "run.json", "history.json"
 TRAINING_CSV, PLOT_FILE, TENSORBOARD_DIR = "training.csv", "loss.png", "logs"
 RESUME_FILE, ENCODER_FILE, SELECTION_FILE = "resume.npz", "encoder.npz", "selection.json"
+LOCK_FILE = ".captioner.lock"
+RETRAIN = "copy it again or retrain"
+# What each file of a run directory is, for what_is_wrong: (kind, "not <label>").
+FILE_KINDS = {
+    RUN_FILE: ("json", "a captioner run file"),
+    VOCABULARY_FILE: ("json", "a captioner vocabulary"),
+    HISTORY_FILE: ("json", "a training history"),
+    SELECTION_FILE: ("json", "a captioner selection file"),
+    MODEL_FILE: ("zip", "a Keras model"),
+    LAST_FILE: ("zip", "a Keras model"),
+    WEIGHTS_FILE: ("zip", "a captioner weights file"),
+    ENCODER_FILE: ("zip", "a captioner weights file"),
+    RESUME_FILE: ("zip", "a captioner checkpoint"),
+}
 
 
 @dataclass
@@ -67,16 +84,36 @@ class Run:
     def load_model(self):
         """The trained Keras model: model.keras, or the decoder rebuilt from run.json with the
         weights of weights.npz (how the shipped model travels: float16, a third of the size)."""
-        if (self.directory / MODEL_FILE).is_file():
-            return load_keras_model(self.directory / MODEL_FILE)
+        path = self.directory / MODEL_FILE
+        if path.is_file():
+            try:
+                return load_keras_model(path)
+            except Exception as error:  # Keras says "File not found" of a file cut short
+                raise damaged(path, self._advice(MODEL_FILE), error) from None
         from captioner.model.decoder import build_decoder
 
         encoder = self.encoder
         model = build_decoder(
             self.config.model, len(self.vocabulary), encoder.feature_dim, encoder.cells
         )
-        model.set_weights(read_weights_npz(self.directory / WEIGHTS_FILE))
+        path = self.directory / WEIGHTS_FILE
+        weights = read_weights_npz(path, self._advice(WEIGHTS_FILE))
+        if len(weights) != len(model.weights):
+            raise RunError(f"{path}: holds {len(weights)} arrays, the decoder of run.json has "
+                           f"{len(model.weights)}: {self._advice(WEIGHTS_FILE)}")  # fmt: skip
+        model.set_weights(weights)
         return model
+
+    def _advice(self, name: str) -> str:
+        """What to do about a damaged file of this run: the shipped model comes with captioner;
+        a model.keras has last.keras beside it, the latest epoch, if that one is whole."""
+        if self.shipped:
+            return "reinstall captioner (pip install --force-reinstall captioner)"
+        last = self.directory / LAST_FILE
+        if name == MODEL_FILE and what_is_wrong(last, *FILE_KINDS[LAST_FILE]) is None:
+            return (f"{RETRAIN}; {LAST_FILE} beside it is whole (the latest epoch, not the "
+                    f"best): copy it over {MODEL_FILE} to use it")  # fmt: skip
+        return RETRAIN
 
     def load_encoder(self):
         """The encoder that makes this run's features: built by name with the run's weights, or
@@ -91,7 +128,7 @@ class Run:
         if not path.is_file():
             raise RunError(f"{self.directory}: no {ENCODER_FILE} here, yet its encoder was "
                            "fine-tuned (run.json): copy the whole run directory")  # fmt: skip
-        weights = read_weights_npz(path)
+        weights = read_weights_npz(path, self._advice(ENCODER_FILE))
         if len(weights) != len(model.weights):
             raise RunError(f"{path}: holds {len(weights)} arrays, {encoder.name} has "
                            f"{len(model.weights)}: not this run's encoder")  # fmt: skip
@@ -120,10 +157,25 @@ def save_weights_npz(model, folder: str | Path, name: str = WEIGHTS_FILE, dtype=
     write_atomic(Path(folder) / name, buffer.getvalue())
 
 
-def read_weights_npz(path: Path) -> list[np.ndarray]:
-    """The arrays save_weights_npz wrote, in order, as float32 (plain arrays: no code runs)."""
-    with np.load(path, allow_pickle=False) as arrays:
-        return [arrays[f"w{i}"].astype(np.float32) for i in range(len(arrays.files))]
+def read_weights_npz(path: Path, advice: str = RETRAIN) -> list[np.ndarray]:
+    """The arrays save_weights_npz wrote, in order, as float32 (plain arrays: no code runs);
+    a damaged file is a RunError that ends with `advice`."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return [arrays[f"w{i}"].astype(np.float32) for i in range(len(arrays.files))]
+    except Exception as error:  # BadZipFile, EOFError, ValueError, KeyError, zlib.error, ...
+        raise damaged(path, advice, error) from None
+
+
+def damaged(path: Path, advice: str = RETRAIN, error: BaseException | None = None) -> RunError:
+    """The RunError for a run file that could not be read: what is wrong with the file
+    (missing, empty, cut short, not what it should be), or else the reader's complaint."""
+    kind, label = FILE_KINDS[path.name]
+    wrong = what_is_wrong(path, kind, label)
+    if wrong is None:  # a whole file that holds something else: say what its reader said
+        said = str(error or "").strip().splitlines()
+        wrong = f"not {label}" + (f" ({said[0]})" if said else "")
+    return RunError(f"{path}: {wrong}: {advice}")
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -131,17 +183,13 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def save_keras_model(model, path: str | Path) -> None:
-    """model.save() into a temporary .keras file, then a rename: never half a model."""
+    """model.save() into a temporary .keras file, then a rename: never half a model (and a full
+    disk is a DiskFullError)."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
-    os.close(handle)
-    try:
-        model.save(temporary)
-        usual_permissions(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    # Room needed on a full disk: about the size of the run's other .keras (the same model).
+    sizes = [p.stat().st_size for p in (path.with_name(MODEL_FILE), path.with_name(LAST_FILE))
+             if p.is_file()]  # fmt: skip
+    write_through_temporary(path, model.save, ".keras", max(sizes, default=None))
 
 
 def load_keras_model(path: str | Path):
@@ -192,8 +240,11 @@ def load_run(directory: str | Path | None = None) -> Run:
             raise ValueError("unknown format")
         config = config_from_dict(data.pop("config"), str(directory / RUN_FILE))
         encoder = EncoderInfo(**data.pop("encoder"))
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
-        raise RunError(f"{directory / RUN_FILE}: not a captioner run file ({error})") from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        advice = (
+            RETRAIN if directory.resolve() != shipped_run_dir().resolve() else "reinstall captioner"
+        )
+        raise damaged(directory / RUN_FILE, advice, error) from None
     vocabulary = Vocabulary.load(directory / VOCABULARY_FILE)
     return Run(directory, config, encoder, vocabulary, data)
 

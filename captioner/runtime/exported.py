@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from captioner.errors import RunError
+from captioner.files import what_is_wrong
 
 MANIFEST_FILE = "captioner-export.json"  # as captioner.export.export writes it
 BATCH = 16  # photos encoded and searched together
@@ -60,8 +61,7 @@ class ExportedCaptioner:
         self.decoding = Decoding(**manifest["decoding"])
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: no warnings about unused initializers
-        sessions = [onnxruntime.InferenceSession(str(folder / f"{name}.onnx"), options,
-                                                 providers=["CPUExecutionProvider"])
+        sessions = [_session(onnxruntime, folder / f"{name}.onnx", options, manifest)
                     for name in ("start", "step")]  # fmt: skip
         self._steps = _OnnxSteps(*sessions)
 
@@ -99,14 +99,49 @@ class ExportedCaptioner:
         return " ".join(words)
 
 
+def _export_again(folder: Path) -> str:
+    return f"export again: captioner export {folder} --format onnx --force"
+
+
 def _read_manifest(folder: Path) -> dict:
     path = folder / MANIFEST_FILE
+    if not folder.is_dir():
+        raise RunError(f"{folder}: no such export: `captioner export {folder} --format onnx` "
+                       "makes one")  # fmt: skip
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError) as error:
-        raise RunError(f"{path}: cannot read the export's description ({error}): export again "
-                       "with `captioner export OUT --format onnx`") from None  # fmt: skip
+        wrong = what_is_wrong(path, "json", "an export's description") or (
+            f"cannot read the export's description ({error})")  # fmt: skip
+        raise RunError(f"{path}: {wrong}: {_export_again(folder)}") from None
     if manifest.get("kind") != "onnx":
         raise RunError(f"{folder}: a {manifest.get('kind')} export, not onnx: the runtime "
                        "reads `captioner export OUT --format onnx`")  # fmt: skip
+    missing = {"vocabulary", "input_size", "decoding"} - manifest.keys()
+    if missing:
+        raise RunError(f"{path}: not an export's description (no {', '.join(sorted(missing))}): "
+                       f"{_export_again(folder)}")  # fmt: skip
     return manifest
+
+
+def _session(onnxruntime, path: Path, options, manifest: dict):
+    """One of the export's models, loaded; a file missing, empty, cut short (shorter than the
+    manifest says) or that onnxruntime cannot load is a RunError naming it."""
+    expected = manifest.get("files", {}).get(path.name)  # exports before the sizes: None
+    size = path.stat().st_size if path.is_file() else None
+    wrong = None
+    if size is None or size == 0:
+        wrong = "missing" if size is None else "empty"
+    elif expected is not None and size != expected:
+        wrong = f"cut short ({size} of {expected} bytes)" if size < expected else (
+            f"{size} bytes, not the {expected} the export wrote")  # fmt: skip
+    if wrong is None:
+        try:
+            return onnxruntime.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])  # fmt: skip
+        except Exception as error:  # onnxruntime's own kinds: InvalidProtobuf, Fail, ...
+            said = str(error).strip().splitlines()
+            wrong = "not an ONNX model onnxruntime can load" + (f" ({said[0]})" if said else "")
+    raise RunError(f"{path}: {wrong}: {_export_again(path.parent)}")

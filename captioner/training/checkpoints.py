@@ -4,7 +4,9 @@ Keras callback) and `finetune` (its own loop) alike.
 It creates the directory with the vocabulary and run.json, then after each epoch appends the
 epoch's logs to history.json and training.csv, writes last.keras, writes model.keras when the
 selection score improved, draws loss.png, and says when early stopping should end the run.
-Every file is written atomically: a run killed at any moment keeps its finished epochs.
+Every file is written atomically: a run killed at any moment, or stopped by a full disk
+(DiskFullError), keeps its finished epochs. While it writes, the recorder holds the run
+directory's lock (captioner.locks): a second process that would write the same run refuses.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import numpy as np
 from captioner.config import SELECT_MODE, Config
 from captioner.data.text import Vocabulary
 from captioner.errors import RunError
-from captioner.files import atomic_file, write_atomic
+from captioner.files import atomic_file, what_is_wrong, write_atomic
+from captioner.locks import WriterLock
 from captioner.model.rundir import (
+    FILE_KINDS,
     HISTORY_FILE,
     LAST_FILE,
+    LOCK_FILE,
     MODEL_FILE,
     PLOT_FILE,
     RESUME_FILE,
@@ -30,6 +35,7 @@ from captioner.model.rundir import (
     TRAINING_CSV,
     VOCABULARY_FILE,
     EncoderInfo,
+    damaged,
     save_keras_model,
     save_run_info,
     write_json,
@@ -51,8 +57,13 @@ def is_better(score: float, best: float | None, monitor: str) -> bool:
     return score < best if SELECT_MODE[monitor] == "min" else score > best
 
 
+# What to do about a damaged resume.npz or history.json: nothing else holds where the run was.
+RESUME_ADVICE = "copy it again, or train anew without --resume"
+
+
 class RunRecorder:
-    """Keeps a run directory up to date epoch by epoch.
+    """Keeps a run directory up to date epoch by epoch; as a context manager, releases the run
+    directory's lock (taken by `start` or `lock`) when the block ends.
 
     Args:
         run_dir: created if needed.
@@ -64,20 +75,44 @@ class RunRecorder:
         self.run_dir = Path(run_dir)
         self.monitor, self.patience = monitor, patience
         # False for the workers of a multi-worker run other than the chief: they keep the same
-        # counters (and so stop at the same epoch) but write nothing.
+        # counters (and so stop at the same epoch) but write nothing, and take no lock.
         self.writes = writes
         self.history: list[dict[str, float]] = []
         self.best: float | None = None
         self.best_epoch = 0
         self.waited = 0
+        self._lock: WriterLock | None = None
+
+    def lock(self, advice: str = "wait for it to end or stop it") -> None:
+        """Takes the run directory's lock (created if needed): LockedError, naming the process,
+        if another live process holds it. A lock left by a dead process is free."""
+        if self.writes and self._lock is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = WriterLock(self.run_dir / LOCK_FILE, self.run_dir, advice).acquire()
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def start(self, config: Config, encoder: EncoderInfo, vocabulary: Vocabulary, **info):
-        """Creates the directory with the vocabulary and run.json (config, encoder, `info`)."""
+        """Takes the lock of the (new) run directory, then writes the vocabulary and run.json
+        (config, encoder, `info`) into it."""
         if not self.writes:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        vocabulary.save(self.run_dir / VOCABULARY_FILE)
-        save_run_info(self.run_dir, config, encoder, vocabulary_size=len(vocabulary), **info)
+        self.lock("wait for it to end or stop it, or give another --run-dir")
+        try:
+            vocabulary.save(self.run_dir / VOCABULARY_FILE)
+            save_run_info(self.run_dir, config, encoder, vocabulary_size=len(vocabulary), **info)
+        except BaseException:
+            self.close()
+            raise
 
     def record(self, model, epoch: int, logs: dict[str, float]) -> bool:
         """Writes epoch `epoch`'s logs and checkpoints; returns True when training should stop.
@@ -112,8 +147,12 @@ class RunRecorder:
             state["best_epoch"],
             state["waited"],
         )
-        history = json.loads((self.run_dir / HISTORY_FILE).read_text(encoding="utf-8"))
-        self.history = [row for row in history if row["epoch"] <= epoch]
+        path = self.run_dir / HISTORY_FILE
+        try:
+            history = json.loads(path.read_text(encoding="utf-8"))
+            self.history = [row for row in history if row["epoch"] <= epoch]
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise damaged(path, RESUME_ADVICE, error) from None
 
     @property
     def best_logs(self) -> dict[str, float]:
@@ -178,19 +217,31 @@ def save_checkpoint(model, run_dir: Path, state: dict) -> None:
     for i, variable in enumerate(model.optimizer.variables):
         arrays[f"optimizer{i}"] = ops.convert_to_numpy(variable)
     arrays["state"] = np.frombuffer(json.dumps(state).encode("utf-8"), np.uint8)
-    with atomic_file(run_dir / RESUME_FILE) as file:
+    size = sum(array.nbytes for array in arrays.values())
+    with atomic_file(run_dir / RESUME_FILE, size) as file:
         np.savez(file, **arrays)
 
 
 def read_checkpoint_state(run_dir: Path) -> dict:
+    """The state resume.npz holds (epoch, counters), after checking the whole file against its
+    checksums: a damaged one is refused before anything is read from it or written."""
     path = run_dir / RESUME_FILE
     if not path.is_file():
         raise RunError(
             f"{run_dir}: no {RESUME_FILE} here: nothing to resume (the run never finished an "
             "epoch, or was trained by captioner 0.1)"
         )
-    with np.load(path, allow_pickle=False) as data:
-        return json.loads(data["state"].tobytes().decode("utf-8"))
+    wrong = what_is_wrong(path, *FILE_KINDS[RESUME_FILE])
+    if wrong is not None:
+        raise RunError(f"{path}: {wrong}: {RESUME_ADVICE}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            state = json.loads(data["state"].tobytes().decode("utf-8"))
+        if not isinstance(state, dict) or not {"epoch", "stopped", "recorder"} <= state.keys():
+            raise ValueError("its state lacks the epoch")
+        return state
+    except Exception as error:  # whole, but not a checkpoint: KeyError, ValueError, TypeError
+        raise damaged(path, RESUME_ADVICE, error) from None
 
 
 def restore_checkpoint(model, run_dir: Path) -> None:

@@ -253,17 +253,19 @@ def finetune_encoder(
     train, dev = photo_captions(dataset, "train", run), photo_captions(dataset, "dev", run)
     recorder = start_run(run, source.info, run_dir, config, "encoder_finetune", config.select_by,
                          encoder=replace(run.encoder, finetuned=True))  # fmt: skip
-    encoder, decoder = run.load_encoder(), run.load_model()
-    freeze_batch_norm(encoder)
-    # The decoder's too: its image normalization would otherwise chase features that move
-    # every step, from batches of a few photos, and decode the dev photos with stale statistics.
-    freeze_batch_norm(decoder)
-    step = make_training_step(encoder, decoder, config)
-    epochs = TrainingEpochs(train, step, run.encoder.input_size, config)
-    end_epoch = _EpochEnd(recorder, encoder, decoder, run, dev, references(dataset, dev.names))
-    batches = -(-len(train.names) // config.batch_size)
-    summary = run_epochs(recorder, config.epochs, epochs.run, end_epoch, progress, batches,
-                         started)  # fmt: skip
+    with recorder:  # holds the new run directory's lock until the last epoch is written
+        encoder, decoder = run.load_encoder(), run.load_model()
+        freeze_batch_norm(encoder)
+        # The decoder's too: its image normalization would otherwise chase features that move
+        # every step, from batches of a few photos, and decode the dev photos with stale
+        # statistics.
+        freeze_batch_norm(decoder)
+        step = make_training_step(encoder, decoder, config)
+        epochs = TrainingEpochs(train, step, run.encoder.input_size, config)
+        end_epoch = _EpochEnd(recorder, encoder, decoder, run, dev, references(dataset, dev.names))
+        batches = -(-len(train.names) // config.batch_size)
+        summary = run_epochs(recorder, config.epochs, epochs.run, end_epoch, progress, batches,
+                             started)  # fmt: skip
     summary.extra = {"photos_per_second": epochs.photos / max(epochs.seconds, 1e-9),
                      "unreadable": len(epochs.unreadable)}  # fmt: skip
     return summary

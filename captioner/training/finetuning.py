@@ -40,7 +40,8 @@ def start_run(run: Run, info: dict, run_dir, settings, section: str, monitor: st
               encoder: EncoderInfo | None = None) -> RunRecorder:  # fmt: skip
     """Creates the new run directory (the source `run`'s config with `settings` as its
     `section`, its vocabulary, its encoder or `encoder`; `info` into run.json) and seeds every
-    generator: TensorFlow starts here, after the data was read and checked."""
+    generator: TensorFlow starts here, after the data was read and checked. The recorder holds
+    the directory's lock: use it as a context manager, which releases it."""
     recorder = RunRecorder(run_dir, monitor, settings.early_stopping_patience)
     config = replace(run.config, **{section: settings})
     recorder.start(config, encoder or run.encoder, run.vocabulary, **info)

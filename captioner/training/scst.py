@@ -187,14 +187,19 @@ def finetune(
     started = time.perf_counter()
     source = _read_source(source_run, run_dir, data_root, features_path)
     run = source.run
-    recorder = start_run(run, source.info, run_dir, config, "finetune", "val_bleu4")
-    model = run.load_model()
-    dev_scores = dev_scores_function(model, source.dev.features, source.dev_references,
-                                     run.vocabulary, run.config.text.max_caption_words)  # fmt: skip
-    epoch_of_training = _SelfCriticalEpoch(model, source, config)
+    with start_run(run, source.info, run_dir, config, "finetune", "val_bleu4") as recorder:
+        model = run.load_model()
+        dev_scores = dev_scores_function(
+            model,
+            source.dev.features,
+            source.dev_references,
+            run.vocabulary,
+            run.config.text.max_caption_words,
+        )
+        epoch_of_training = _SelfCriticalEpoch(model, source, config)
 
-    def end_epoch(epoch: int, logs: dict) -> bool:
-        return recorder.record(model, epoch, {**logs, **dev_scores()})
+        def end_epoch(epoch: int, logs: dict) -> bool:
+            return recorder.record(model, epoch, {**logs, **dev_scores()})
 
-    return run_epochs(recorder, config.epochs, lambda epoch, bar: epoch_of_training(bar),
-                      end_epoch, progress, started=started)  # fmt: skip
+        return run_epochs(recorder, config.epochs, lambda epoch, bar: epoch_of_training(bar),
+                          end_epoch, progress, started=started)  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from captioner.features.arrays import (
     references,
 )
 from captioner.features.store import load_feature_cache
+from captioner.files import disk_full
 from captioner.model.rundir import TENSORBOARD_DIR, EncoderInfo, load_run
 from captioner.training.checkpoints import (
     RunRecorder,
@@ -227,9 +229,9 @@ def train(
     if mirrored_features_path is not None:
         paths["mirrored_features"] = mirrored_features_path
     paths = {key: str(Path(path).resolve()) for key, path in paths.items()}
-    recorder = _recorder_for(run_dir, config)
-    recorder.start(config, prepared.encoder, prepared.vocabulary, **paths)
-    return _train_and_summarize(prepared, config, recorder, progress, None, start, run_dir)
+    with _recorder_for(run_dir, config) as recorder:  # holds the run directory's lock
+        recorder.start(config, prepared.encoder, prepared.vocabulary, **paths)
+        return _train_and_summarize(prepared, config, recorder, progress, None, start, run_dir)
 
 
 def resume_training(run_dir: str | Path, progress: bool = True) -> TrainSummary:
@@ -240,15 +242,19 @@ def resume_training(run_dir: str | Path, progress: bool = True) -> TrainSummary:
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     config, info = run.config, run.info
-    resumed = read_checkpoint_state(run_dir)
-    if resumed["stopped"] or resumed["epoch"] >= config.train.epochs:
-        raise RunError(f"{run_dir}: finished after epoch {resumed['epoch']}: nothing to resume")
-    prepared = _prepare(info["data"], info["features"], config, info.get("mirrored_features"))
-    if prepared.vocabulary.words != run.vocabulary.words:
-        raise RunError(f"{run_dir}: the captions of {info['data']} changed since it started")
-    recorder = _recorder_for(run_dir, config)
-    recorder.resume(resumed["epoch"], resumed["recorder"])
-    return _train_and_summarize(prepared, config, recorder, progress, resumed, start, run_dir)
+    with _recorder_for(run_dir, config) as recorder:
+        # The lock first: what is read next is not being rewritten by another process. A
+        # damaged resume.npz or history.json is refused before anything is written.
+        recorder.lock()
+        resumed = read_checkpoint_state(run_dir)
+        if resumed["stopped"] or resumed["epoch"] >= config.train.epochs:
+            raise RunError(f"{run_dir}: finished after epoch {resumed['epoch']}: nothing to "
+                           "resume")  # fmt: skip
+        recorder.resume(resumed["epoch"], resumed["recorder"])
+        prepared = _prepare(info["data"], info["features"], config, info.get("mirrored_features"))
+        if prepared.vocabulary.words != run.vocabulary.words:
+            raise RunError(f"{run_dir}: the captions of {info['data']} changed since it started")
+        return _train_and_summarize(prepared, config, recorder, progress, resumed, start, run_dir)
 
 
 def _recorder_for(run_dir, config: Config) -> RunRecorder:
@@ -257,6 +263,31 @@ def _recorder_for(run_dir, config: Config) -> RunRecorder:
     clean up, even after a worker was killed."""
     settings = config.train
     return RunRecorder(run_dir, settings.select_by, settings.early_stopping_patience, is_chief())
+
+
+@contextmanager
+def _resumable_after_full_disk(recorder: RunRecorder):
+    """A full disk during training (checkpoints, resume.npz, history, TensorBoard's event files)
+    is a DiskFullError that says how to continue: `--resume` from the last finished epoch."""
+    try:
+        yield
+    except Exception as error:
+        full = disk_full(error)
+        if full is None:
+            raise
+        epoch = _checkpointed_epoch(recorder.run_dir)
+        if epoch:
+            full = full.then(f"run `captioner train --resume {recorder.run_dir}`: it continues "
+                             f"after epoch {epoch}")  # fmt: skip
+        raise full from error
+
+
+def _checkpointed_epoch(run_dir: Path) -> int:
+    """The epoch resume.npz holds; 0 if none (or none readable)."""
+    try:
+        return int(read_checkpoint_state(run_dir)["epoch"])
+    except (RunError, ValueError, TypeError):
+        return 0
 
 
 def _train_and_summarize(prepared, config: Config, recorder: RunRecorder, progress: bool,
@@ -281,7 +312,8 @@ def _train_and_summarize(prepared, config: Config, recorder: RunRecorder, progre
         # out of the cyclic garbage collector's reach, they do not slow its every pass.
         gc.collect()
         gc.freeze()
-        _fit(model, prepared, config, recorder, progress, resumed, count)
+        with _resumable_after_full_disk(recorder):
+            _fit(model, prepared, config, recorder, progress, resumed, count)
     finally:  # global settings: leave the process as it was (for decoding, for a notebook)
         gc.unfreeze()
         keras.mixed_precision.set_global_policy("float32")
