@@ -96,11 +96,17 @@ class Run:
         model = build_decoder(
             self.config.model, len(self.vocabulary), encoder.feature_dim, encoder.cells
         )
-        path = self.directory / WEIGHTS_FILE
-        weights = read_weights_npz(path, self._advice(WEIGHTS_FILE))
+        return self._with_weights(model, WEIGHTS_FILE, "the decoder of run.json",
+                                  self._advice(WEIGHTS_FILE))  # fmt: skip
+
+    def _with_weights(self, model, name: str, what: str, advice: str):
+        """`model` with the arrays of this run's `name` (weights.npz, encoder.npz), which must
+        be as many as `what` (the model) has."""
+        path = self.directory / name
+        weights = read_weights_npz(path, self._advice(name))
         if len(weights) != len(model.weights):
-            raise RunError(f"{path}: holds {len(weights)} arrays, the decoder of run.json has "
-                           f"{len(model.weights)}: {self._advice(WEIGHTS_FILE)}")  # fmt: skip
+            raise RunError(f"{path}: holds {len(weights)} arrays, {what} has "
+                           f"{len(model.weights)}: {advice}")  # fmt: skip
         model.set_weights(weights)
         return model
 
@@ -128,12 +134,7 @@ class Run:
         if not path.is_file():
             raise RunError(f"{self.directory}: no {ENCODER_FILE} here, yet its encoder was "
                            "fine-tuned (run.json): copy the whole run directory")  # fmt: skip
-        weights = read_weights_npz(path, self._advice(ENCODER_FILE))
-        if len(weights) != len(model.weights):
-            raise RunError(f"{path}: holds {len(weights)} arrays, {encoder.name} has "
-                           f"{len(model.weights)}: not this run's encoder")  # fmt: skip
-        model.set_weights(weights)
-        return model
+        return self._with_weights(model, ENCODER_FILE, encoder.name, "not this run's encoder")
 
     @property
     def shipped(self) -> bool:

@@ -193,8 +193,8 @@ class _BeamSearch:
     its best finished hypothesis scores at least `hope`, its best live beam's log P normalized
     by (L + 1) ** length_penalty, or until max_length (captioner/model/search.py says why)."""
 
-    def __init__(self, steps, vocabulary_size, beam_size, max_length, length_penalty,
-                 no_repeat_ngram, suppress_unk):  # fmt: skip
+    def __init__(self, steps, vocabulary_size, beam_size, max_length, length_penalty=0.7,
+                 no_repeat_ngram=0, suppress_unk=True):  # fmt: skip
         self.steps, self.V, self.K, self.L = steps, vocabulary_size, beam_size, max_length
         self.alpha, self.no_repeat_ngram = float(length_penalty), no_repeat_ngram
         self.banned, self.banned_first = _banned_masks(vocabulary_size, suppress_unk)
@@ -273,21 +273,11 @@ class _BeamSearch:
         scores[at] = np.where(none_finished, live_score, best_score)
 
 
-def beam_search(
-    steps,
-    features,
-    vocabulary_size: int,
-    beam_size: int,
-    max_length: int,
-    length_penalty: float = 0.7,
-    no_repeat_ngram: int = 0,
-    suppress_unk: bool = True,
-):
-    """features (B, D) -> (ids (B, max_length) int32, <pad> after <end>, scores (B,) float32)."""
-    search = _BeamSearch(
-        steps, vocabulary_size, beam_size, max_length, length_penalty, no_repeat_ngram,
-        suppress_unk,
-    )  # fmt: skip
+def beam_search(steps, features, vocabulary_size: int, *settings, **named_settings):
+    """features (B, D) -> (ids (B, max_length) int32, <pad> after <end>, scores (B,) float32).
+    The settings are make_beam_search's, in its order: beam_size, max_length, length_penalty
+    (0.7), no_repeat_ngram (0), suppress_unk (True)."""
+    search = _BeamSearch(steps, vocabulary_size, *settings, **named_settings)
     return search.run(np.asarray(features, np.float32))
 
 
