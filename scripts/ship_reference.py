@@ -28,9 +28,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "captioner" / "reference"
 SIZE_LIMIT_MB = 25
 
 
-def ship(run: Path, folder: Path, provenance: dict, decode: dict, ensemble=()) -> None:
-    """Writes run's weights (float16), vocabulary and run.json into folder; `ensemble` names
-    the member folders decoded with it."""
+def ship(run: Path, folder: Path, provenance: dict, decode: dict, ensemble=(), dtype="float16"):
+    """Writes run's weights (float16, or int8), vocabulary and run.json into folder; `ensemble`
+    names the member folders decoded with it."""
     info = json.loads((run / RUN_FILE).read_text())
     info["provenance"] = provenance
     if ensemble:
@@ -41,7 +41,7 @@ def ship(run: Path, folder: Path, provenance: dict, decode: dict, ensemble=()) -
     info["data"], info["features"] = "flickr8k", f"flickr8k-{info['encoder']['name']}{grid}"
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / VOCABULARY_FILE, folder / VOCABULARY_FILE)
-    save_weights_npz(load_keras_model(run / MODEL_FILE), folder)
+    save_weights_npz(load_keras_model(run / MODEL_FILE), folder, dtype=dtype)
     (folder / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
@@ -57,6 +57,12 @@ def main():
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--length-penalty", type=float, default=0.7)
     parser.add_argument("--no-repeat-ngram", type=int, default=0)
+    parser.add_argument(
+        "--weights",
+        choices=["float16", "int8"],
+        default="float16",
+        help="int8: large matrices in 8 bits, half the size (docs/results.md)",
+    )
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     encoder = json.loads((Path(args.run) / RUN_FILE).read_text())["encoder"]["name"]
@@ -76,8 +82,8 @@ def main():
     shutil.rmtree(PACKAGE_DIR, ignore_errors=True)
     members = [f"member{i + 2}" for i in range(len(args.member))]
     for run, folder in zip(args.member, members):
-        ship(Path(run), PACKAGE_DIR / folder, provenance, decode)
-    ship(Path(args.run), PACKAGE_DIR, provenance, decode, ensemble=members)
+        ship(Path(run), PACKAGE_DIR / folder, provenance, decode, dtype=args.weights)
+    ship(Path(args.run), PACKAGE_DIR, provenance, decode, ensemble=members, dtype=args.weights)
     size = sum(p.stat().st_size for p in PACKAGE_DIR.rglob("*") if p.is_file()) / 2**20
     print(f"shipped {provenance['runs']} -> {PACKAGE_DIR} ({size:.1f} MB)")
     if size > SIZE_LIMIT_MB:

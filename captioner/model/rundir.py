@@ -148,24 +148,61 @@ class Run:
         return merge(self.config, {"decode": given}, "decoding options").decode
 
 
+# 8-bit storage: matrices of at least this many numbers (embedding, LSTM kernels, logits,
+# attention) become int8 with a float32 scale per output channel; biases, BatchNorm and other
+# small arrays stay float16, where 8 bits would cost accuracy and save nothing.
+INT8_MIN_SIZE = 4096
+
+
 def save_weights_npz(model, folder: str | Path, name: str = WEIGHTS_FILE, dtype=np.float16):
-    """weights.npz: the model's weights (float16: a sixth of model.keras), no optimizer state;
-    `Run.load_model` rebuilds the decoder from run.json and reads them back. Also writes a
-    fine-tuned encoder's encoder.npz (float32 in a run directory)."""
-    weights = {f"w{i}": w.astype(dtype) for i, w in enumerate(model.get_weights())}
+    """weights.npz: the model's weights (float16: a sixth of model.keras; or "int8", about a
+    twelfth), no optimizer state; `Run.load_model` rebuilds the decoder from run.json and reads
+    them back. Also writes a fine-tuned encoder's encoder.npz (float32 in a run directory)."""
+    arrays = {}
+    for i, weight in enumerate(model.get_weights()):
+        if dtype == "int8" and weight.ndim >= 2 and weight.size >= INT8_MIN_SIZE:
+            arrays[f"q{i}"], arrays[f"s{i}"] = quantize_int8(weight)
+        else:
+            arrays[f"w{i}"] = weight.astype(np.float16 if dtype == "int8" else dtype)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **weights)
+    np.savez_compressed(buffer, **arrays)
     write_atomic(Path(folder) / name, buffer.getvalue())
 
 
+def quantize_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 with a float32 scale per output channel (values = q * scale, |error| <=
+    scale / 2): per column of a kernel (a unit), or per row where that errs less (an
+    embedding's words, whose vectors differ in size). The scale keeps its axis (1, n) or (n, 1),
+    so that q * scale restores the matrix."""
+    matrix = weight.reshape(-1, weight.shape[-1]).astype(np.float32)
+    best = None
+    for axis in (0, 1):
+        scale = np.abs(matrix).max(axis=axis, keepdims=True) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        q = np.round(matrix / scale).astype(np.int8)
+        error = float(np.square(q * scale - matrix).mean())
+        if best is None or error < best[0]:
+            best = (error, q.reshape(weight.shape), scale)
+    return best[1], best[2]
+
+
 def read_weights_npz(path: Path, advice: str = RETRAIN) -> list[np.ndarray]:
-    """The arrays save_weights_npz wrote, in order, as float32 (plain arrays: no code runs);
-    a damaged file is a RunError that ends with `advice`."""
+    """The arrays save_weights_npz wrote, in order, as float32 (int8 ones dequantized; plain
+    arrays: no code runs); a damaged file is a RunError that ends with `advice`."""
     try:
         with np.load(path, allow_pickle=False) as arrays:
-            return [arrays[f"w{i}"].astype(np.float32) for i in range(len(arrays.files))]
+            count = sum(name[0] in "wq" for name in arrays.files)
+            return [_weight(arrays, i) for i in range(count)]
     except Exception as error:  # BadZipFile, EOFError, ValueError, KeyError, zlib.error, ...
         raise damaged(path, advice, error) from None
+
+
+def _weight(arrays, i: int) -> np.ndarray:
+    if f"q{i}" in arrays.files:
+        q = arrays[f"q{i}"]
+        matrix = q.reshape(-1, q.shape[-1]).astype(np.float32) * arrays[f"s{i}"]
+        return matrix.reshape(q.shape)
+    return arrays[f"w{i}"].astype(np.float32)
 
 
 def damaged(path: Path, advice: str = RETRAIN, error: BaseException | None = None) -> RunError:
