@@ -174,3 +174,23 @@ def score_names() -> list[str]:
     meteor = ["METEOR"] if coco and shutil.which("java") else []
     return ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", *meteor, *(["ROUGE-L"] if coco else []),
             "CIDEr-D"]  # fmt: skip
+
+
+def tiny_conv_run(data, folder: Path, epochs: int, **sections) -> Path:
+    """A tiny decoder trained on the tiny conv encoder's cached features (folder/run), the
+    source that encoder fine-tuning and exports start from; `sections` add settings."""
+    from captioner.config import Config, merge
+    from captioner.features.extract import extract_features
+    from captioner.training.train import train
+
+    extract_features(data, folder / "f", EncoderConfig(TINY_CONV_ENCODER, "none", 64),
+                     progress=False)  # fmt: skip
+    config = merge(Config(), {
+        "encoder": {"name": TINY_CONV_ENCODER, "weights": "none"},
+        "model": {"units": 16, "embedding_dim": 8, "dropout": 0.0},
+        "text": {"min_word_count": 1},
+        "train": {"epochs": epochs, "learning_rate": 0.01, "batch_size": 32},
+        **sections,
+    })  # fmt: skip
+    train(data, folder / "f", folder / "run", config, progress=False)
+    return folder / "run"

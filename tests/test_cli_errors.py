@@ -11,6 +11,7 @@ from tests.conftest import TINY_ENCODER
 
 
 def fails(*args) -> str:
+    """The one line a command prints when it exits 1, without a traceback."""
     result = CliRunner().invoke(cli, [str(a) for a in args])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from captioner.cli import cli
 from tests.conftest import TINY, TINY_CONV_ENCODER, TINY_ENCODER
+from tests.test_cli_errors import fails
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO = ROOT / "tests" / "data" / "chelsea.jpg"
@@ -37,16 +38,6 @@ def garbage(path: Path) -> None:
 
 
 DAMAGES = {"cut short": cut_short, "empty": emptied, "garbage": garbage}
-
-
-def fails(*args) -> str:
-    """The one line a command prints when it exits 1, without a traceback."""
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

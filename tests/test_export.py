@@ -15,8 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from captioner.cli import cli
-from captioner.config import Config, merge
-from tests.conftest import CHELSEA
+from tests.conftest import CHELSEA, tiny_conv_run
 
 pytestmark = pytest.mark.slow
 
@@ -72,22 +71,8 @@ def python(code: str, *args, cwd, env=None) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def runs(flickr8k_data, tmp_path_factory):
     """A tiny run on the tiny conv encoder's features, and a copy whose encoder was fine-tuned."""
-    from captioner.config import EncoderConfig
-    from captioner.features.extract import extract_features
-    from captioner.training.train import train
-    from tests.conftest import TINY_CONV_ENCODER
-
     folder = tmp_path_factory.mktemp("export-runs")
-    extract_features(flickr8k_data, folder / "f", EncoderConfig(TINY_CONV_ENCODER, "none", 64),
-                     progress=False)  # fmt: skip
-    config = merge(Config(), {
-        "encoder": {"name": TINY_CONV_ENCODER, "weights": "none"},
-        "model": {"units": 16, "embedding_dim": 8, "dropout": 0.0},
-        "text": {"min_word_count": 1},
-        "train": {"epochs": 3, "learning_rate": 0.01, "batch_size": 32},
-        "decode": {"beam_size": 3, "no_repeat_ngram": 2},
-    })  # fmt: skip
-    train(flickr8k_data, folder / "f", folder / "run", config, progress=False)
+    tiny_conv_run(flickr8k_data, folder, 3, decode={"beam_size": 3, "no_repeat_ngram": 2})
     invoke("finetune-encoder", "--run", folder / "run", "--run-dir", folder / "tuned",
            "--epochs", 1, "--encoder-learning-rate", 0.01, "--batch-size", 16,
            "--no-progress")  # fmt: skip

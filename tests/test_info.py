@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from captioner.cli import cli
-from captioner.config import Config, merge
+from captioner.config import Config
+from tests.conftest import tiny_conv_run
 
 
 def test_info_names_the_epoch_the_recorder_kept_by_its_own_rule(tmp_path):
@@ -45,22 +46,9 @@ def test_info_names_the_epoch_the_recorder_kept_by_its_own_rule(tmp_path):
 def tuned_by_dev_loss(flickr8k_data, tmp_path_factory):
     """A decoder on the tiny conv encoder's features, then finetune-encoder with its default
     rule, dev loss."""
-    from captioner.config import EncoderConfig
-    from captioner.features.extract import extract_features
-    from captioner.training.train import train
-    from tests.conftest import TINY_CONV_ENCODER
-
     folder = tmp_path_factory.mktemp("info")
-    extract_features(flickr8k_data, folder / "f", EncoderConfig(TINY_CONV_ENCODER, "none", 64),
-                     progress=False)  # fmt: skip
-    config = merge(Config(), {
-        "encoder": {"name": TINY_CONV_ENCODER, "weights": "none"},
-        "model": {"units": 16, "embedding_dim": 8, "dropout": 0.0},
-        "text": {"min_word_count": 1},
-        "train": {"epochs": 2, "learning_rate": 0.01, "batch_size": 32},
-    })  # fmt: skip
-    train(flickr8k_data, folder / "f", folder / "source", config, progress=False)
-    args = ["finetune-encoder", "--run", folder / "source", "--run-dir", folder / "tuned",
+    tiny_conv_run(flickr8k_data, folder, 2)
+    args = ["finetune-encoder", "--run", folder / "run", "--run-dir", folder / "tuned",
             "--epochs", 3, "--learning-rate", 0.01, "--encoder-learning-rate", 0.01,
             "--batch-size", 16, "--no-progress",
             "--set", "encoder_finetune.early_stopping_patience=0"]  # fmt: skip
