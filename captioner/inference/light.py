@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from captioner.files import user_cache_dir
@@ -61,16 +62,31 @@ def export_light_in_background(runs: list[Run]) -> None:
     if not _enabled("onnxruntime", "tf2onnx"):
         return
     folder = light_export_dir(runs)
-    if folder.exists():
-        return
+    log_file = folder.parent / f"{folder.name}.log"
+    if folder.exists() or _started_lately(log_file):
+        return  # made, or being made (or failed) a moment ago: one export at a time
     shipped = runs[0].shipped and len(runs) == 1 + len(runs[0].info.get("ensemble", []))
     given = [] if shipped else [a for run in runs for a in ("--run", str(run.directory))]
     command = [sys.executable, "-m", "captioner", "export", str(folder), "--format", "onnx",
                *given]  # fmt: skip
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with open(folder.parent / f"{folder.name}.log", "ab") as log:
+        with open(log_file, "ab") as log:
+            log.write(f"started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+            log.flush()
             subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                              start_new_session=True)  # fmt: skip
     except OSError:  # a full disk or a read-only cache: the captions are out; next time, then
         return
+
+
+# An export started this recently is left to finish (or, failed, is not retried at once): a
+# burst of captions starts one export, not one each.
+RETRY_SECONDS = 600
+
+
+def _started_lately(log_file: Path) -> bool:
+    try:
+        return time.time() - log_file.stat().st_mtime < RETRY_SECONDS
+    except OSError:
+        return False
