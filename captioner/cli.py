@@ -131,7 +131,8 @@ def _default_run_dir(data: str, encoder: str) -> Path:
     "--grid",
     is_flag=True,
     help="Keep each photo's grid of feature cells instead of their average, into their own "
-    "cache [default: data/<dataset>-<encoder>-grid], for model.decoder=attention.",
+    "cache [default: data/<dataset>-<encoder>-grid], for the grid decoders (model.decoder = "
+    "attention, updown, transformer).",
 )
 @click.option(
     "--shard",
@@ -189,7 +190,7 @@ def extract(data, encoder, weights, features, batch_size, mirror, grid, shard, p
 @click.option(
     "--features",
     type=click.Path(),
-    help="Feature cache [default: data/<dataset>-<encoder>, or -grid for model.decoder=attention].",
+    help="Feature cache [default: data/<dataset>-<encoder>, or -grid for the grid decoders].",
 )
 @click.option(
     "--mirrored-features",
@@ -375,8 +376,9 @@ def finetune_encoder(source_run, run_dir, data, epochs, learning_rate, encoder_l
               help="Write the photo with its caption under it: a file for one photo, "
               "a folder (PHOTO.captioned.png in it) for several.")  # fmt: skip
 @click.option("--attention", type=click.Path(),
-              help="Draw the photo once per word, with where the attention decoder looked for "
-              "it (a run with model.decoder = attention; an ensemble: the mean of its members' "
+              help="Draw the photo once per word, with where the decoder looked for "
+              "it (a run with a grid decoder: model.decoder = attention, updown or "
+              "transformer; an ensemble: the mean of its members' "
               "maps): a PNG file for one photo, a folder (PHOTO.attention.png in it) for "
               "several.")  # fmt: skip
 @decode_options

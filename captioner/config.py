@@ -22,7 +22,7 @@ else:  # pragma: no cover
 
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-DECODERS = ("lstm", "attention")
+DECODERS = ("lstm", "attention", "updown", "transformer")
 STRATEGIES = ("one", "mirrored", "multiworker")  # built by captioner.training.distribute
 # How `captioner evaluate` splits captions into words: "captioner" cleans references and
 # captions as training captions are cleaned (the README's rows); "coco" runs coco-caption's PTB
@@ -42,6 +42,15 @@ DECODE_RANGES = {
     "length_penalty": ("length_penalty", 0.0, 10.0),
     "no_repeat_ngram": ("no_repeat_ngram", 0, 10),
 }
+
+
+def check_length(max_length: int, limit: int | None) -> None:
+    """A Transformer decoder keeps transformer.max_words words' keys and values (its state
+    cannot grow inside a search's loop): the searches and exports refuse longer captions
+    instead of decoding them wrong. limit None: the decoder decodes any length."""
+    if limit is not None and max_length > limit:
+        raise ConfigError(f"max_length: {max_length} words is more than this decoder's "
+                          f"transformer.max_words ({limit})")  # fmt: skip
 
 
 def _check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:
@@ -83,8 +92,10 @@ class ModelConfig:
     # The Dense + ReLU layer between the LSTM and the logits (the classic Keras design); off
     # gives the plain Show-and-Tell head, LSTM -> logits.
     hidden_layer: bool = True
-    # "lstm": the image only starts the LSTM. "attention": each word also attends over the
-    # encoder's grid of cells (needs `captioner extract --grid`); see captioner.model.attention.
+    # "lstm": the image only starts the LSTM. The grid decoders read the encoder's grid of cells
+    # (`captioner extract --grid`): "attention" attends after the LSTM (captioner.model.attention),
+    # "updown" through a second LSTM ([updown]), "transformer" with blocks of attention
+    # ([transformer]); see captioner.model.decoder.
     decoder: str = "lstm"
     attention_dim: int = 256  # width of the attention's scoring layer
 
@@ -93,9 +104,41 @@ class ModelConfig:
 
     @property
     def needs_grid(self) -> bool:
-        """The attention decoder reads each photo's grid of cells (`captioner extract --grid`),
-        the plain one its pooled vector: this picks the cache either way."""
-        return self.decoder == "attention"
+        """The grid decoders read each photo's grid of cells (`captioner extract --grid`), the
+        plain one its pooled vector: this picks the cache either way."""
+        return self.decoder != "lstm"
+
+
+@dataclass(frozen=True)
+class UpDownConfig:
+    """model.decoder = "updown" (captioner.model.updown); the words' embedding, the cells'
+    projection (model.units), dropout and attention_dim come from [model]."""
+
+    # The attention LSTM, whose state chooses the cells. 512 rather than the paper's 1,000:
+    # Flickr8k's 6,000 photos overfit the 512-wide decoders already (docs/results.md).
+    attention_units: int = 512
+    # The language LSTM, fed by the attended context: the same width, as in the paper.
+    language_units: int = 512
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """model.decoder = "transformer" (captioner.model.transformer)."""
+
+    # Width of words and cells alike. 256, half of the LSTMs': self-attention needs no wide
+    # state to carry the caption, and 6,000 photos do not feed a wider one.
+    width: int = 256
+    # 2 blocks (keras-io's captioning example has 1, the base Transformer 6): each block adds a
+    # look at the cells; more overfits small datasets.
+    blocks: int = 2
+    heads: int = 4  # 64 numbers per head, as in the base Transformer
+    feed_forward: int = 1024  # 4 x width, as in the base Transformer
+    # Higher than the base Transformer's 0.1: our LSTMs needed 0.5 on Flickr8k's 6,000 photos.
+    dropout: float = 0.3
+    # The longest caption it can decode: each block keeps this many words' keys and values
+    # while decoding (decode.max_length may not exceed it; training captions are not limited).
+    max_words: int = 64
+
 
 
 @dataclass(frozen=True)
@@ -254,10 +297,26 @@ class Config:
     text: TextConfig = field(default_factory=TextConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    updown: UpDownConfig = field(default_factory=UpDownConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     encoder_finetune: EncoderFinetuneConfig = field(default_factory=EncoderFinetuneConfig)
+
+    def check_together(self) -> None:
+        """Settings of different sections that must agree, checked once all are set (one at a
+        time, a `--set` could pass through a combination that is wrong only for a moment)."""
+        transformer = self.transformer
+        if transformer.width % (2 * transformer.heads):  # heads split it, sines and cosines too
+            raise ConfigError(f"transformer.width: {transformer.width} is not a multiple of 2 x "
+                              f"{transformer.heads} heads")  # fmt: skip
+        if self.model.decoder == "transformer":  # its caches are as long as the captions it reads
+            limit = transformer.max_words
+            check_length(self.decode.max_length, limit)
+            if self.text.max_caption_words > limit:
+                raise ConfigError(f"text.max_caption_words: {self.text.max_caption_words} "
+                                  f"is more than transformer.max_words ({limit})")  # fmt: skip
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -321,6 +380,7 @@ def load_config(path: str | Path | None = None, assignments: tuple[str, ...] = (
             raise ConfigError(f"{path}: {error}") from None
     for assignment in assignments:
         config = merge(config, parse_assignment(assignment), f"--set {assignment}")
+    config.check_together()
     return config
 
 

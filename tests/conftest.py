@@ -183,11 +183,13 @@ def tiny_conv_run(data, folder: Path, epochs: int, **sections) -> Path:
     from captioner.features.extract import extract_features
     from captioner.training.train import train
 
+    model = {"units": 16, "embedding_dim": 8, "dropout": 0.0, **sections.pop("model", {})}
+    grid = model.get("decoder", "lstm") != "lstm"  # the grid decoders read the 2 x 2 grid
     extract_features(data, folder / "f", EncoderConfig(TINY_CONV_ENCODER, "none", 64),
-                     progress=False)  # fmt: skip
+                     progress=False, grid=grid)  # fmt: skip
     config = merge(Config(), {
         "encoder": {"name": TINY_CONV_ENCODER, "weights": "none"},
-        "model": {"units": 16, "embedding_dim": 8, "dropout": 0.0},
+        "model": model,
         "text": {"min_word_count": 1},
         "train": {"epochs": epochs, "learning_rate": 0.01, "batch_size": 32},
         **sections,

@@ -18,7 +18,7 @@ from captioner.config import (
 from captioner.errors import ConfigError
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-SECTIONS = "text, encoder, model, train, decode, finetune, encoder_finetune"
+SECTIONS = "text, encoder, model, updown, transformer, train, decode, finetune, encoder_finetune"
 
 
 def test_defaults_without_file_or_assignments():
@@ -126,7 +126,7 @@ def test_an_int_becomes_a_float_where_a_float_is_expected():
 @pytest.mark.parametrize(
     ("assignment", "message"),
     [
-        ("model.decoder=gru", "model.decoder: 'gru' is not one of lstm, attention"),
+        ("model.decoder=gru", "model.decoder: 'gru' is not one of lstm, attention, updown, transformer"),
         (
             "train.precision=float16",
             "train.precision: 'float16' is not one of float32, mixed_float16, mixed_bfloat16",
@@ -221,3 +221,17 @@ def test_serve_limits_come_with_their_ranges():
     with pytest.raises(ConfigError) as error:
         ServeConfig(max_upload_mb=0.0)
     assert str(error.value) == "max_upload_mb: 0.0 is not at least 0.001"
+
+
+def test_a_transformer_config_is_checked_before_anything_is_built():
+    """Its heads split the width evenly, and its caches hold the longest caption it trains on
+    or decodes: refused in one line before training starts, not by a search halfway through."""
+    with pytest.raises(ConfigError, match=r"transformer.width: 100 is not a multiple of 2 x 8"):
+        load_config(None, ("transformer.width=100", "transformer.heads=8"))
+    grid = ("model.decoder=transformer", "transformer.max_words=20")
+    with pytest.raises(ConfigError, match=r"text.max_caption_words: 30 is more than "
+                       r"transformer.max_words \(20\)"):  # fmt: skip
+        load_config(None, (*grid, "decode.max_length=20"))
+    with pytest.raises(ConfigError, match=r"max_length: 25 words is more than this decoder's"):
+        load_config(None, (*grid, "text.max_caption_words=20", "decode.max_length=25"))
+    assert load_config(None, (*grid, "text.max_caption_words=20", "decode.max_length=20"))

@@ -146,3 +146,42 @@ def test_attention_decoder_learns_from_the_grid_and_captions_photos(flickr8k_dat
                                 "data/" + flickr8k_data.name + f"-{TINY_ENCODER}"])  # fmt: skip
     assert pooled.exit_code == 1 and "holds pooled features" in pooled.output
     assert "extract --grid" in pooled.output and "Traceback" not in pooled.output
+
+
+# The grid decoders' own settings, small as TINY_MODEL's: 64-wide LSTMs, a 32-wide Transformer.
+TINY_GRID = {
+    "updown": ["--set", "updown.attention_units=64", "--set", "updown.language_units=64"],
+    "transformer": ["--set", "transformer.width=32", "--set", "transformer.heads=2",
+                    "--set", "transformer.feed_forward=64", "--set", "transformer.dropout=0.1"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("decoder", ["updown", "transformer"])
+def test_grid_decoders_learn_the_synthetic_captions(decoder, flickr8k_data, tmp_path):
+    """Up-Down and the Transformer learn from the grid as the attention decoder does, and
+    `caption` draws where they looked."""
+    features = tmp_path / "grid"
+    run("extract", "--data", flickr8k_data, "--encoder", TINY_ENCODER, "--weights", "none",
+        "--features", features, "--grid", "--no-progress")  # fmt: skip
+    run_dir = tmp_path / decoder
+    run("train", "--data", flickr8k_data, "--encoder", TINY_ENCODER, "--features", features,
+        "--run-dir", run_dir, "--epochs", 40, "--batch-size", 32, "--learning-rate", 0.01,
+        "--no-progress", "--set", "train.early_stopping_patience=0",
+        "--set", f"model.decoder={decoder}", *TINY_MODEL, *TINY_GRID[decoder])  # fmt: skip
+    out = run("evaluate", "--run", run_dir, "--features", features)
+    header, values = out.splitlines()[1:3]
+    bleu4 = dict(zip(header.split(), map(float, values.split())))["BLEU-4"]
+    result = json.loads((run_dir / "captions-test-greedy.json").read_text())
+    references = [[clean_caption(r) for r in image["references"]] for image in result["images"]]
+    baseline = corpus_bleu_scores(references, [most_frequent_train_caption()] * 20)["BLEU-4"]
+    print(f"BLEU-4: {decoder} {bleu4:.3f}, most frequent caption {baseline:.3f}")
+    # MARGIN
+    assert bleu4 > baseline + 0.27
+
+    image = flickr8k_data / "Flicker8k_Dataset" / result["images"][0]["image"]
+    out = run("caption", "--run", run_dir, image, "--attention", tmp_path / "where.png")
+    assert out.split("\t")[1].strip() == result["images"][0]["caption"]
+    from PIL import Image
+
+    with Image.open(tmp_path / "where.png") as drawn:  # a panel per word
+        assert drawn.width > 32

@@ -147,6 +147,34 @@ def test_the_light_runtime_captions_an_ensemble_without_tensorflow(runs, photos,
     assert got == [[str(photo), caption] for photo, (caption, _) in zip(photos, want)]
 
 
+@pytest.mark.parametrize("decoder", ["updown", "transformer"])
+def test_grid_decoders_export_to_both_formats(decoder, flickr8k_data, photos, tmp_path):
+    """Up-Down and the Transformer go the way of the others: through their one-step function
+    into the SavedModel's search and into step.onnx, captioning as the API does."""
+    small = {"updown": {"attention_units": 8, "language_units": 16},
+             "transformer": {"width": 8, "blocks": 2, "heads": 2, "feed_forward": 16,
+                             "max_words": 12}}  # fmt: skip
+    run = tiny_conv_run(flickr8k_data, tmp_path, 6, model={"decoder": decoder},
+                        decode={"beam_size": 3, "max_length": 12},
+                        text={"min_word_count": 1, "max_caption_words": 12}, **small)  # fmt: skip
+    want = api_captions([run], photos)
+    assert len({round(score, 4) for _, score in want}) > 1  # each photo is decoded as itself
+    invoke("export", tmp_path / "saved", "--run", run)
+    loaded = python(LOAD_SAVED_MODEL, tmp_path / "saved" / "1", *photos, cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr
+    got = json.loads(loaded.stdout.splitlines()[-1])
+    assert got["captions"] == [caption for caption, _ in want]
+    np.testing.assert_allclose(got["scores"], [score for _, score in want], rtol=1e-4)
+    invoke("export", tmp_path / "light", "--run", run, "--format", "onnx")
+    ran = python(WITHOUT_TENSORFLOW, tmp_path / "light", *photos, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    got = [line.split("\t") for line in ran.stdout.splitlines()]
+    assert got == [[str(photo), caption] for photo, (caption, _) in zip(photos, want)]
+    if decoder == "transformer":  # its caches hold 12 words: a longer caption is refused
+        refused = invoke("export", tmp_path / "long", "--run", run, "--max-length", 13, code=1)
+        assert "13 words is more than this decoder's transformer.max_words (12)" in refused.output
+
+
 def test_an_export_in_the_way_is_kept_unless_forced(runs, tmp_path):
     run, _ = runs
     invoke("export", tmp_path / "e", "--run", run, "--format", "onnx")

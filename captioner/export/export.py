@@ -19,7 +19,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from captioner.config import EXPORT_FORMATS, DecodeConfig
+from captioner.config import EXPORT_FORMATS, DecodeConfig, check_length
 from captioner.errors import ConfigError
 from captioner.files import disk_full_as_error
 from captioner.model.rundir import Run, load_runs, write_json
@@ -69,6 +69,7 @@ def export_model(
 
 def _write(export_format: str, runs: list[Run], decoding: DecodeConfig, staging: Path,
            version: int) -> None:  # fmt: skip
+    check_length(decoding.max_length, max_words(runs))
     manifest = _manifest(export_format, runs, decoding)
     if export_format == "saved_model":
         from captioner.export.saved_model import write_saved_model
@@ -85,6 +86,13 @@ def _write(export_format: str, runs: list[Run], decoding: DecodeConfig, staging:
     write_json(staging / MANIFEST_FILE, manifest)
 
 
+def max_words(runs: list[Run]) -> int | None:
+    """The longest caption every run's decoder can decode (None: no limit)."""
+    limits = [run.config.transformer.max_words for run in runs
+              if run.config.model.decoder == "transformer"]  # fmt: skip
+    return min(limits, default=None)
+
+
 def _manifest(export_format: str, runs: list[Run], decoding: DecodeConfig) -> dict:
     import tensorflow as tf
 
@@ -99,6 +107,8 @@ def _manifest(export_format: str, runs: list[Run], decoding: DecodeConfig) -> di
         "encoder": run.encoder.name,
         "input_size": run.encoder.input_size,
         "decoding": asdict(decoding),
+        # The longest caption its decoders can write (Transformers' caches), null: no limit.
+        "max_words": max_words(runs),
         "vocabulary_size": len(run.vocabulary),
         "captioner_version": __version__,
         "tensorflow_version": tf.__version__,

@@ -4,7 +4,7 @@ Each entry knows its input size, its feature size and how to build a Keras model
 batch of RGB images, float32 in [0, 255] and of shape (batch, size, size, 3), to features of
 shape (batch, feature_dim), its own preprocessing included. Built with grid=True, the model
 keeps the last feature map instead of pooling it, (batch, rows, columns, feature_dim), for the
-attention decoder.
+grid decoders (attention, updown, transformer).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def _keras_application(
         if output_layer is not None:
             raise EncoderError(
                 f"{constructor_name}'s features are the {output_layer} layer, not a grid: "
-                "use another encoder for the attention decoder"
+                "use another encoder for a grid decoder"
             )
         kw = {**kw, "pooling": None}
 
@@ -214,7 +214,7 @@ def efficientnet_lite2(weights: str, grid: bool):
 def make_encode_function(model, batch_size: int):
     """A compiled forward pass on fixed-size batches (the last one is padded: no retracing).
     Returns (count, features); a grid encoder's (rows, columns, channels) flattened cell by
-    cell, as the attention decoder reads them."""
+    cell, as the grid decoders read them."""
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)

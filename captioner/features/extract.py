@@ -4,7 +4,7 @@ The cache (captioner.features.store) is a folder of parts, appended as photos ar
 interrupted run keeps what it finished and the next run resumes where it stopped. With a shard,
 only that shard's photos are encoded, into parts of their own.
 
-A grid cache (`extract --grid`, for the attention decoder) holds each photo's last feature map
+A grid cache (`extract --grid`, for the grid decoders) holds each photo's last feature map
 flattened cell by cell: `cells` > 0 and vectors of cells * channels numbers = `feature_dim`,
 kept as float16 (8,091 Flickr8k photos x 64 cells x 1280 channels: 1.3 GB instead of 2.7).
 """
@@ -61,7 +61,7 @@ def extract_features(
         mirror: encode each photo flipped left to right instead (a second cache, which
             `train.mirror_probability` draws on to augment the training photos).
         grid: keep each photo's grid of cells instead of its average (a cache of its own, for
-            the attention decoder).
+            the grid decoders).
         shard: encode only this shard of the photos (see captioner.data.shards) [default: all].
     Returns:
         An ExtractSummary; unreadable images are listed in it, not raised.

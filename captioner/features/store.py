@@ -131,7 +131,7 @@ def _check_kind(path, info: CacheInfo, mirrored: bool, grid: bool) -> None:
         which = "feature grids" if info.cells else "pooled features"
         raise CacheError(
             f"{path}: holds {which}; expected the other kind (`captioner extract"
-            f"{'' if info.cells else ' --grid'}` makes it; the attention decoder needs grids)"
+            f"{'' if info.cells else ' --grid'}` makes it; the grid decoders need grids)"
         )
     if mirrored != info.mirrored:
         which = "mirrored photos" if info.mirrored else "photos as they are"

@@ -129,7 +129,7 @@ class Captioner:
             scores: also return each caption's score, log P(caption | photo) / length **
                 length_penalty (length counts the end token): the number beam search ranks
                 by, computed the same way for greedy captions. Higher is more confident.
-            attention: also return, for a run with the attention decoder, the weights each
+            attention: also return, for a run with a grid decoder, the weights each
                 word was predicted with, float32 (words, rows, columns) over the encoder's
                 grid, each map summing to 1: those the search that chose the caption carried
                 for it (an ensemble: the mean of its members'). The caption is the same.

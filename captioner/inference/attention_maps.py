@@ -1,4 +1,4 @@
-"""Pictures of what the attention decoder looked at: the photo once per word of its caption,
+"""Pictures of what a grid decoder looked at: the photo once per word of its caption,
 that word's attention over the encoder's grid laid over it, the word above the panel.
 
 Drawn with matplotlib's Agg canvas on a Figure made directly, never through pyplot, so that

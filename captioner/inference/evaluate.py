@@ -69,7 +69,7 @@ def evaluate(
         decode: decoding settings; the run's own when None.
         data_root, features_path: default to those the run was trained on.
         tokenize: "captioner" or "coco" (see captioner.inference.coco_metrics).
-        attention: for runs with the attention decoder, also keep each caption's attention
+        attention: for runs with a grid decoder, also keep each caption's attention
             weights (Evaluation.attention, for the report's pictures); ignored for others.
     Returns:
         The scores; captions, references and per-image scores go to a JSON file in the first

@@ -93,9 +93,10 @@ class Run:
         from captioner.model.decoder import build_decoder
 
         encoder = self.encoder
-        model = build_decoder(
-            self.config.model, len(self.vocabulary), encoder.feature_dim, encoder.cells
-        )
+        config = self.config
+        model = build_decoder(config.model, len(self.vocabulary), encoder.feature_dim,
+                              encoder.cells, updown=config.updown,
+                              transformer=config.transformer)  # fmt: skip
         return self._with_weights(model, WEIGHTS_FILE, "the decoder of run.json",
                                   self._advice(WEIGHTS_FILE))  # fmt: skip
 
@@ -233,7 +234,10 @@ def save_keras_model(model, path: str | Path) -> None:
 def load_keras_model(path: str | Path):
     import keras
 
-    import captioner.model.attention  # noqa: F401  registers the attention layer for safe mode
+    # Registers the grid decoders' layers with Keras, which safe mode loads only when known.
+    import captioner.model.attention  # noqa: F401
+    import captioner.model.transformer  # noqa: F401
+    import captioner.model.updown  # noqa: F401
 
     # safe_mode refuses Lambda layers and other deserialized code; compile=False because
     # inference needs no optimizer or loss.

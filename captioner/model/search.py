@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from captioner.config import check_length
 from captioner.data.text import END_ID, PAD_ID, START_ID, UNK_ID
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ def make_greedy_search(
     """
     import tensorflow as tf
 
+    check_length(max_length, getattr(steps, "max_words", None))
     banned, banned_first = _banned_masks(vocabulary_size, suppress_unk)
     if with_attention:
         steps = _KeepingMaps(steps, max_length)
@@ -147,6 +149,7 @@ def make_sampler(
     image-major). The same seed draws the same captions."""
     import tensorflow as tf
 
+    check_length(max_length, getattr(steps, "max_words", None))
     banned, banned_first = _banned_masks(vocabulary_size, suppress_unk)
 
     @tf.function(input_signature=_features_signature() + [tf.TensorSpec([2], tf.int32)])
@@ -449,6 +452,7 @@ def make_beam_search(
     cells)): each answer's own weights at each of its words, zeros after them."""
     import tensorflow as tf
 
+    check_length(max_length, getattr(steps, "max_words", None))
     search = _BeamSearch(
         steps, vocabulary_size, beam_size, max_length, length_penalty, no_repeat_ngram,
         suppress_unk, with_attention,

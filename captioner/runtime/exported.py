@@ -33,8 +33,9 @@ class Decoding:
 class _OnnxSteps:
     """start.onnx and step.onnx as the search's steps: features are the photos themselves."""
 
-    def __init__(self, start, step):
+    def __init__(self, start, step, max_words: int | None = None):
         self._start, self._step = start, step
+        self.max_words = max_words  # a Transformer's longest caption (the search checks it)
         self._state_names = [i.name for i in step.get_inputs() if i.name != "tokens"]
 
     def initial_state(self, photos: np.ndarray) -> list[np.ndarray]:
@@ -63,7 +64,7 @@ class ExportedCaptioner:
         options.log_severity_level = 3  # errors only: no warnings about unused initializers
         sessions = [_session(onnxruntime, folder / f"{name}.onnx", options, manifest)
                     for name in ("start", "step")]  # fmt: skip
-        self._steps = _OnnxSteps(*sessions)
+        self._steps = _OnnxSteps(*sessions, manifest.get("max_words"))
 
     def caption_images(self, photos: np.ndarray, decoding=None) -> list[tuple[str, float]]:
         """(caption, score) for prepared photos, uint8 (N, size, size, 3), with the exported

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from captioner.config import check_length
 from captioner.data.text import END_ID, PAD_ID, START_ID, UNK_ID
 
 _NEG_INF = np.float32(-1e9)  # finite, so that -inf - -inf never makes a NaN
@@ -301,6 +302,7 @@ def decode(steps, features, vocabulary_size: int, config, batch_size: int = 512,
     Each row holds a caption, then <end> and <pad> (or max_length words and no <end>). With
     scores=True, returns (ids, scores (N,)): log P / length ** length_penalty per caption.
     """
+    check_length(config.max_length, getattr(steps, "max_words", None))
     search = _search_of(config, vocabulary_size, scores)
     ids, values = [np.zeros((0, config.max_length), np.int32)], [np.zeros(0, np.float32)]
     for start in range(0, len(features), batch_size):

@@ -249,7 +249,8 @@ def finetune_encoder(
     run, dataset = source.run, source.dataset
     if run.encoder.cells:
         raise ConfigError(f"{run.directory}: fine-tuning the encoder works with the pooled "
-                          "LSTM decoder, not the attention decoder over a grid")  # fmt: skip
+                          "LSTM decoder, not a grid decoder (attention, updown, "
+                          "transformer)")  # fmt: skip
     train, dev = photo_captions(dataset, "train", run), photo_captions(dataset, "dev", run)
     recorder = start_run(run, source.info, run_dir, config, "encoder_finetune", config.select_by,
                          encoder=replace(run.encoder, finetuned=True))  # fmt: skip

@@ -224,6 +224,7 @@ def train(
             train.mirror_probability > 0 [default: next to `features_path`'s default].
     """
     start = time.perf_counter()
+    config.check_together()  # for configs built in Python, not by load_config
     prepared = _prepare(data_root, features_path, config, mirrored_features_path)
     paths = {"data": data_root, "features": features_path}
     if mirrored_features_path is not None:
@@ -304,7 +305,8 @@ def _train_and_summarize(prepared, config: Config, recorder: RunRecorder, progre
         encoder = prepared.encoder
         with strategy.scope():  # variables, optimizer and metrics mirrored on every replica
             model = build_decoder(config.model, len(prepared.vocabulary), encoder.feature_dim,
-                                  encoder.cells, synchronized=count > 1)  # fmt: skip
+                                  encoder.cells, synchronized=count > 1, updown=config.updown,
+                                  transformer=config.transformer)  # fmt: skip
             compile_decoder(model, config.train, count)
             if resumed:
                 restore_checkpoint(model, Path(run_dir))
