@@ -140,7 +140,6 @@ class TransformerConfig:
     max_words: int = 64
 
 
-
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20

@@ -126,7 +126,10 @@ def test_an_int_becomes_a_float_where_a_float_is_expected():
 @pytest.mark.parametrize(
     ("assignment", "message"),
     [
-        ("model.decoder=gru", "model.decoder: 'gru' is not one of lstm, attention, updown, transformer"),
+        (
+            "model.decoder=gru",
+            "model.decoder: 'gru' is not one of lstm, attention, updown, transformer",
+        ),
         (
             "train.precision=float16",
             "train.precision: 'float16' is not one of float32, mixed_float16, mixed_bfloat16",
