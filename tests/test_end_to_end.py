@@ -12,7 +12,7 @@ from captioner.data.text import clean_caption
 from captioner.metrics import corpus_bleu_scores
 from tests.conftest import TINY_ENCODER, score_names
 
-# Each test trains for 40 epochs (about 30 and 50 s on 2 cores).
+# Each test trains for 40 epochs (about 30 to 60 s on 2 cores).
 pytestmark = pytest.mark.slow
 
 TINY_MODEL = [
@@ -175,8 +175,12 @@ def test_grid_decoders_learn_the_synthetic_captions(decoder, flickr8k_data, tmp_
     references = [[clean_caption(r) for r in image["references"]] for image in result["images"]]
     baseline = corpus_bleu_scores(references, [most_frequent_train_caption()] * 20)["BLEU-4"]
     print(f"BLEU-4: {decoder} {bleu4:.3f}, most frequent caption {baseline:.3f}")
-    # MARGIN
-    assert bleu4 > baseline + 0.27
+    # Measured on the 20 test photos (2026-12-03, 2-core Xeon, AVX-512): Up-Down 0.579 (seed 0,
+    # the test's), 0.574 (seed 0, Eigen kernels), 0.651 (seed 1, AVX2); the Transformer 0.761,
+    # 0.760, 0.715; against 0.236 for the most frequent caption. Trained on all-zero features,
+    # blind to the photos: Up-Down 0.362, the Transformer 0.295. Each bound is halfway between
+    # its lowest measured and its blind decoder's: 0.468 and 0.505.
+    assert bleu4 > baseline + {"updown": 0.23, "transformer": 0.27}[decoder]
 
     image = flickr8k_data / "Flicker8k_Dataset" / result["images"][0]["image"]
     out = run("caption", "--run", run_dir, image, "--attention", tmp_path / "where.png")
