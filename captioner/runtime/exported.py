@@ -37,13 +37,16 @@ class _OnnxSteps:
         self._start, self._step = start, step
         self.max_words = max_words  # a Transformer's longest caption (the search checks it)
         self._state_names = [i.name for i in step.get_inputs() if i.name != "tokens"]
+        # Asked for by name: the graph lists its outputs in the sorted order of their names
+        # (next_state_10 before next_state_2), not in the order of the state.
+        self._outputs = ["log_probs", *(f"next_{name}" for name in self._state_names)]
 
     def initial_state(self, photos: np.ndarray) -> list[np.ndarray]:
         return self._start.run(self._state_names, {"photos": photos})
 
     def step(self, tokens: np.ndarray, state: list[np.ndarray]):
         feed = {"tokens": tokens.astype(np.int32), **dict(zip(self._state_names, state))}
-        log_probs, *new_state = self._step.run(None, feed)
+        log_probs, *new_state = self._step.run(self._outputs, feed)
         return log_probs, new_state
 
 
