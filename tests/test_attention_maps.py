@@ -13,7 +13,7 @@ from captioner.config import DecodeConfig
 from captioner.data.text import END_ID, START_ID
 from captioner.inference.attention_maps import COLUMNS, DPI, PANEL_INCHES, TITLE_INCHES, layout
 from captioner.model.search import make_beam_search, make_decoder, make_greedy_search
-from tests.conftest import CHELSEA, TINY_ENCODER
+from tests.conftest import CHELSEA, TINY_ENCODER, tiny_conv_run
 from tests.test_decode import random_log_tables, tiny_decoder
 from tests.test_end_to_end import TINY_MODEL
 
@@ -226,11 +226,17 @@ def test_caption_draws_a_panel_per_word(attention_run, test_photos, tmp_path):
     assert drawn == sorted(f"{p.stem}.attention.png" for p in test_photos[:2])
 
 
-def test_a_run_without_attention_gets_one_line(attention_run, tmp_path):
-    result = cli("caption", CHELSEA, "--attention", tmp_path / "a.png")  # the shipped model
+@pytest.fixture(scope="module")
+def lstm_run(flickr8k_data, tmp_path_factory):
+    """A run of the plain LSTM decoder (pooled features): nothing to draw."""
+    return tiny_conv_run(flickr8k_data, tmp_path_factory.mktemp("lstm"), 1)
+
+
+def test_a_run_without_attention_gets_one_line(attention_run, lstm_run, tmp_path):
+    result = cli("caption", "--run", lstm_run, CHELSEA, "--attention", tmp_path / "a.png")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output == (
-        "Error: --attention: the shipped model decodes without attention (model.decoder = "
+        f"Error: --attention: {lstm_run} decodes without attention (model.decoder = "
         "lstm): nothing to draw\n"
     )
     assert not (tmp_path / "a.png").exists()
@@ -239,6 +245,22 @@ def test_a_run_without_attention_gets_one_line(attention_run, tmp_path):
     assert with_output.exit_code == 1 and with_output.output == (
         "Error: --attention draws photos one at a time: use it without --output\n"
     )
+
+
+def test_the_shipped_model_draws_its_attention_out_of_the_box(
+    shipped_captioner, cli_caption_of_chelsea, tmp_path
+):
+    # The shipped Up-Down pair reads Lite1's 8 x 8 grid: no run, no extraction step to give.
+    result = cli("caption", CHELSEA, "--attention", tmp_path / "a.png")
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{CHELSEA}\t{cli_caption_of_chelsea}\n"  # the plain caption
+    words = cli_caption_of_chelsea.split()
+    rows, columns = layout(len(words))
+    height = round(rows * (PANEL_INCHES + TITLE_INCHES) * DPI)
+    assert png_size(tmp_path / "a.png") == (columns * round(PANEL_INCHES * DPI), height)
+    caption, weights = shipped_captioner.caption(CHELSEA, attention=True)
+    assert caption == cli_caption_of_chelsea
+    assert_maps(weights, len(words))  # the ensemble's maps: its members' averaged
 
 
 def test_the_report_shows_the_best_and_worst_captions_attention(attention_run, tmp_path):
@@ -274,19 +296,20 @@ def test_the_server_answers_attention_1_for_an_attention_run(attention_captioner
         assert bad.status_code == 400 and bad.json()["error"] == "attention: 'yes' is not 0 or 1"
 
 
-def test_the_server_refuses_attention_for_the_shipped_model(shipped_captioner):
+def test_the_server_refuses_attention_for_a_run_without_it(lstm_run):
     from starlette.testclient import TestClient
 
+    from captioner import Captioner
     from captioner.serving.app import create_app
 
-    with TestClient(create_app(shipped_captioner)) as client:
+    with TestClient(create_app(Captioner.load(lstm_run))) as client:
         assert client.get("/api/health").json()["attention"] is False
         answer = client.post(
             "/api/caption?attention=1", files=[("file", ("cat.jpg", CHELSEA.read_bytes()))]
         )
         assert answer.status_code == 400
         assert answer.json() == {
-            "error": "attention=1: the shipped model decodes without attention "
+            "error": f"attention=1: {lstm_run} decodes without attention "
             "(model.decoder = lstm): nothing to draw"
         }
         assert "attention" in client.get("/").text  # the page's option, hidden for this model
