@@ -2,9 +2,11 @@
 
 Starts the server (the shipped model, a free port on 127.0.0.1), opens the page in Debian's
 chromium through /usr/bin/chromedriver, chooses tests/data/chelsea.jpg (scikit-image's cat
-photo), waits for its caption, and saves an 800 x 600 screenshot reduced to 64 colours.
+photo), waits for its caption, and saves an 800 x 600 (--height) screenshot reduced to 64
+colours. With --attention it first ticks "Show attention" (a model with attention, as the
+shipped one is): the caption comes with the photo drawn once per word.
 
-    python scripts/screenshot_serve.py                 # -> docs/serve.png
+    python scripts/screenshot_serve.py --attention --height 700     # -> docs/serve.png
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--photo", default=str(ROOT / "tests" / "data" / "chelsea.jpg"))
     parser.add_argument("--output", default=str(ROOT / "docs" / "serve.png"))
+    parser.add_argument("--attention", action="store_true", help='tick "Show attention" first')
+    parser.add_argument("--height", type=int, default=600)
     args = parser.parse_args()
 
     from PIL import Image
@@ -57,13 +61,24 @@ def main():
                 options.add_argument(flag)
             driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
             try:  # the page itself 800 x 600, whatever the window around it takes
-                metrics = {"width": 800, "height": 600, "deviceScaleFactor": 1, "mobile": False}
+                metrics = {"width": 800, "height": args.height, "deviceScaleFactor": 1,
+                           "mobile": False}  # fmt: skip
                 driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
                 driver.get(url)
+                if args.attention:  # shown once /api/health has said the model attends
+                    toggle = (By.CSS_SELECTOR, "#attention-option:not([hidden]) input")
+                    WebDriverWait(driver, 60).until(lambda d: d.find_elements(*toggle))
+                    driver.find_element(*toggle).click()
                 driver.find_element(By.ID, "files").send_keys(str(Path(args.photo).resolve()))
                 done = (By.CSS_SELECTOR, "figure[data-state=done] .caption")
                 WebDriverWait(driver, 120).until(lambda d: d.find_elements(*done))
                 caption = driver.find_element(*done).text
+                if args.attention:  # a panel per word, drawn once the photo has decoded
+                    words = len(caption.split())
+                    panels = (By.CSS_SELECTOR, "figure .maps .map canvas")
+                    WebDriverWait(driver, 60).until(
+                        lambda d: len(d.find_elements(*panels)) == words
+                    )
                 png = driver.get_screenshot_as_png()
             finally:
                 driver.quit()
