@@ -60,7 +60,7 @@ def main():
             for flag in [*FLAGS, f"--user-data-dir={profile}"]:
                 options.add_argument(flag)
             driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-            try:  # the page itself 800 x 600, whatever the window around it takes
+            try:  # the page itself 800 x --height, whatever the window around it takes
                 metrics = {"width": 800, "height": args.height, "deviceScaleFactor": 1,
                            "mobile": False}  # fmt: skip
                 driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
