@@ -28,6 +28,8 @@ STRATEGIES = ("one", "mirrored", "multiworker")  # built by captioner.training.d
 # captions as training captions are cleaned (the README's rows); "coco" runs coco-caption's PTB
 # tokenizer and scorers, as papers report (captioner.inference.coco_metrics).
 TOKENIZATIONS = ("captioner", "coco")
+# How captions become tokens, text.tokenizer (captioner.data.cleaning).
+TOKENIZERS = ("auto", "words", "characters")
 # What `captioner export` writes: a TensorFlow SavedModel (TF Serving), or ONNX models for the
 # light runtime without TensorFlow (captioner.runtime).
 EXPORT_FORMATS = ("saved_model", "onnx")
@@ -74,6 +76,19 @@ class TextConfig:
     min_word_count: int = 5
     # Longer captions are cut (Flickr8k's longest has 37 words; 99.9% have fewer than 30).
     max_caption_words: int = 30
+    # How cleaned captions become tokens (captioner.data.cleaning): "words" at spaces;
+    # "characters", one per character of the scripts written without spaces (Chinese,
+    # Japanese, Thai...); "auto" picks characters when most training captions are in those.
+    tokenizer: str = "auto"
+    # The captions' language (ISO 639-1): METEOR scores in it where METEOR 1.5 knows it.
+    language: str = "en"
+
+    def __post_init__(self):
+        _check_choice("text.tokenizer", self.tokenizer, TOKENIZERS)
+        if not (self.language.isascii() and self.language.isalpha() and
+                2 <= len(self.language) <= 3 and self.language.islower()):  # fmt: skip
+            raise ConfigError(f"text.language: {self.language!r} is not an ISO 639 code "
+                              "such as en, hi or zh")  # fmt: skip
 
 
 @dataclass(frozen=True)

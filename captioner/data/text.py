@@ -1,4 +1,5 @@
-"""Caption text: cleaning, the vocabulary, and ids for teacher forcing.
+"""Caption text: the vocabulary, and ids for teacher forcing (cleaning and tokens in any
+script: captioner.data.cleaning).
 
 Special tokens are defined once here and compared by id everywhere else.
 """
@@ -6,13 +7,13 @@ Special tokens are defined once here and compared by id everywhere else.
 from __future__ import annotations
 
 import json
-import string
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from captioner.data.cleaning import clean_caption, join_tokens, tokenize
 from captioner.errors import RunError
 from captioner.files import what_is_wrong, write_atomic
 
@@ -21,23 +22,28 @@ SPECIAL_TOKENS = (PAD, START, END, UNK)
 PAD_ID, START_ID, END_ID, UNK_ID = range(4)
 
 _FORMAT = "captioner-vocabulary/1"
-# Deleting (not spacing out) punctuation keeps "t-shirt" and "don't" as one word each.
-_DELETE_PUNCTUATION = str.maketrans("", "", string.punctuation)
-
-
-def clean_caption(caption: str) -> list[str]:
-    """Lower-cases, deletes punctuation and drops words holding digits; keeps "a" and "i"."""
-    words = caption.lower().translate(_DELETE_PUNCTUATION).split()
-    return [word for word in words if word.isalpha()]
+__all__ = ["Vocabulary", "build_vocabulary", "clean_caption", "teacher_forcing_arrays"]
 
 
 class Vocabulary:
-    """Word <-> id mapping; ids 0..3 are <pad>, <start>, <end>, <unk>."""
+    """Token <-> id mapping; ids 0..3 are <pad>, <start>, <end>, <unk>. `tokenizer` says how
+    captions become its tokens (`words` or `characters`, captioner.data.cleaning); files
+    written before it existed hold words."""
 
-    def __init__(self, words: Iterable[str], min_word_count: int = 1):
+    def __init__(self, words: Iterable[str], min_word_count: int = 1, tokenizer: str = "words"):
         self.words = list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS]
         self.min_word_count = min_word_count
+        self.tokenizer = tokenizer
         self.ids = {word: index for index, word in enumerate(self.words)}
+
+    def tokenize(self, caption: str) -> list[str]:
+        """A raw caption as this vocabulary's tokens (cleaned; not yet ids)."""
+        return tokenize(caption, self.tokenizer)
+
+    def join(self, tokens: Iterable[str]) -> str:
+        """Tokens as a caption, written the way their script is (no spaces between Han
+        characters)."""
+        return join_tokens(tokens, self.tokenizer)
 
     def __len__(self) -> int:
         return len(self.words)
@@ -57,7 +63,8 @@ class Vocabulary:
         return words
 
     def save(self, path: str | Path) -> None:
-        data = {"format": _FORMAT, "min_word_count": self.min_word_count, "words": self.words}
+        data = {"format": _FORMAT, "min_word_count": self.min_word_count,
+                "tokenizer": self.tokenizer, "words": self.words}  # fmt: skip
         write_atomic(path, json.dumps(data, indent=0).encode("utf-8"))
 
     @classmethod
@@ -74,15 +81,21 @@ class Vocabulary:
         words = data["words"]
         if tuple(words[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise RunError(f"{path}: the special tokens are not in their places: {advice}")
-        return cls(words[len(SPECIAL_TOKENS) :], data.get("min_word_count", 1))
+        tokenizer = data.get("tokenizer", "words")
+        if tokenizer not in ("words", "characters"):
+            raise RunError(f"{path}: unknown tokenizer {tokenizer!r}: {advice}")
+        return cls(words[len(SPECIAL_TOKENS) :], data.get("min_word_count", 1), tokenizer)
 
 
-def build_vocabulary(captions: Iterable[list[str]], min_word_count: int) -> Vocabulary:
-    """Words seen at least `min_word_count` times, most frequent first (ties alphabetical)."""
+def build_vocabulary(
+    captions: Iterable[list[str]], min_word_count: int, tokenizer: str = "words"
+) -> Vocabulary:
+    """Tokens seen at least `min_word_count` times, most frequent first (ties in code point
+    order); `captions` are already tokens, made by `tokenizer`."""
     counts = Counter(word for words in captions for word in words)
     kept = [w for w, n in counts.items() if n >= min_word_count]
     kept.sort(key=lambda word: (-counts[word], word))
-    return Vocabulary(kept, min_word_count)
+    return Vocabulary(kept, min_word_count, tokenizer)
 
 
 def teacher_forcing_arrays(
