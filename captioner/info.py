@@ -74,6 +74,7 @@ def describe_run(path: Path) -> dict:
         "path": str(path),
         "encoder": run.encoder.__dict__,
         "vocabulary_size": len(run.vocabulary),
+        "tokens": run.vocabulary.tokenizer,  # words, or characters (text.tokenizer)
         "data": run.info.get("data"),
         "features": run.info.get("features"),
         "ensemble": run.info.get("ensemble", []),

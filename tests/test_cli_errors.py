@@ -112,3 +112,21 @@ def test_an_ensemble_of_runs_with_different_vocabularies_is_refused(tmp_path):
     assert line == (
         f"Error: {other}: an ensemble needs the same vocabulary and encoder as {shipped_run_dir()}"
     )
+
+
+def test_captions_that_clean_to_nothing_are_told_and_most_of_them_refused(tmp_path):
+    """A captions column of numbers (say, a CSV whose columns were swapped) would train on
+    nothing: extract and train say where, and refuse it before any encoding."""
+    (tmp_path / "d" / "Images").mkdir(parents=True)
+    rows = "".join(f"{n}.jpg,{n * 7}\n" for n in range(6)) + "6.jpg,a dog runs\n"
+    for n in range(7):
+        (tmp_path / "d" / "Images" / f"{n}.jpg").write_bytes(b"")
+    (tmp_path / "d" / "captions.txt").write_text("image,caption\n" + rows)
+    for command in ("extract", "train"):
+        line = fails(command, "--data", tmp_path / "d", "--encoder", TINY_ENCODER)
+        captions = tmp_path / "d" / "captions.txt"
+        assert line.startswith(f"Error: {captions}: 6 of 7 captions cleaned to nothing and 0 lost "
+                               f"most of their letters (e.g. {captions}:2, {captions}:3, "
+                               f"{captions}:4)")  # fmt: skip
+        assert line.endswith("check that the file holds the captions as UTF-8 text in its "
+                             "caption column")  # fmt: skip

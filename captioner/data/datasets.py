@@ -58,9 +58,23 @@ class Dataset:
     missing_images: list[str] = field(default_factory=list)
     # Only photos outside images_dir (COCO's val2014/ when most are in train2014/), by name.
     paths_elsewhere: dict[str, Path] = field(default_factory=dict)
+    # Where each caption was read: the captions file, and by image the line of each caption
+    # (the Karpathy JSON: the image's index in its `images` list), for messages.
+    captions_file: Path | None = None
+    caption_lines: dict[str, list[int]] = field(default_factory=dict)
 
     def image_path(self, name: str) -> Path:
         return self.paths_elsewhere.get(name) or self.images_dir / name
+
+    def where(self, name: str, number: int) -> str:
+        """Where caption `number` of image `name` was read: `file:line`, or in a Karpathy JSON
+        `file: images[i] (name) sentences[number]`."""
+        lines = self.caption_lines.get(name)
+        if self.captions_file is None or not lines:
+            return f"{name} caption {number + 1}"
+        if self.layout == "karpathy":
+            return f"{self.captions_file}: images[{lines[0]}] ({name}) sentences[{number}]"
+        return f"{self.captions_file}:{lines[number]}"
 
 
 class KarpathyImage(NamedTuple):
@@ -84,27 +98,29 @@ def load_dataset(root: str | Path) -> Dataset:
     images_dir = next((root / d for d in _IMAGE_DIRS if (root / d).is_dir()), None)
     if images_dir is None:
         raise DataError(f"{root}: no image folder (looked for {', '.join(_IMAGE_DIRS)})")
-    layout, captions, splits = _read_text_layout(root)
+    layout, path, captions, splits, lines = _read_text_layout(root)
     present = set(os.listdir(images_dir))
     missing = sorted(name for name in captions if name not in present)
     for name in missing:  # e.g. the token file's `2258277193_586949ec62.jpg.1`
         del captions[name]
     splits = {s: [n for n in names if n in captions] for s, names in splits.items()}
-    return Dataset(root, images_dir, layout, captions, splits, missing)
+    return Dataset(root, images_dir, layout, captions, splits, missing, {}, path, lines)
 
 
-def _read_text_layout(root: Path) -> tuple[str, dict[str, list[str]], dict[str, list[str]]]:
-    """(layout, captions, splits) of the original layout, else of the Kaggle one."""
+def _read_text_layout(root: Path):
+    """(layout, captions file, captions, splits, caption lines) of the original layout, else
+    of the Kaggle one."""
     token_file = next(
         (root / d / _TOKEN_FILE for d in _TEXT_DIRS if (root / d / _TOKEN_FILE).is_file()), None
     )
+    lines: dict[str, list[int]] = {}
     if token_file is not None:
-        captions = read_token_file(token_file)
+        captions = read_token_file(token_file, lines)
         splits = {s: read_split_file(token_file.parent / f) for s, f in _SPLIT_FILES.items()}
-        return "flickr8k", captions, splits
+        return "flickr8k", token_file, captions, splits, lines
     if (root / "captions.txt").is_file():
-        captions = read_captions_csv(root / "captions.txt")
-        return "kaggle", captions, kaggle_split(sorted(captions))
+        captions = read_captions_csv(root / "captions.txt", lines)
+        return "kaggle", root / "captions.txt", captions, kaggle_split(sorted(captions)), lines
     raise DataError(
         f"{root}: no captions found (looked for {_KARPATHY_GLOB} and captions.txt in {root}, and "
         f"for {_TOKEN_FILE} in {root} and {root / 'Flickr8k_text'})"
@@ -133,14 +149,16 @@ def load_karpathy(path: Path, root: Path) -> Dataset:
         )
     # The folder most photos are in; reports and scripts build paths from it.
     images_dir = Counter(folders.values()).most_common(1)[0][0]
-    captions, splits = {}, {s: [] for s in SPLITS}
-    for image in images:
+    captions, splits, lines = {}, {s: [] for s in SPLITS}, {}
+    for index, image in enumerate(images):
         if image.name in folders:
             captions[image.name] = image.captions
             splits[image.split].append(image.name)
+            lines[image.name] = [index]
     elsewhere = {n: f / n for n, f in folders.items() if f != images_dir}
     missing = [image.name for image in images if image.name not in folders]
-    return Dataset(root, images_dir, "karpathy", captions, splits, sorted(missing), elsewhere)
+    return Dataset(root, images_dir, "karpathy", captions, splits, sorted(missing), elsewhere,
+                   path, lines)  # fmt: skip
 
 
 def find_photo_folders(root: Path, images: list[KarpathyImage]) -> dict[str, Path]:
@@ -221,8 +239,10 @@ def _karpathy_image(path: Path, index: int, entry) -> KarpathyImage:
     return KarpathyImage(name, filepath, _KARPATHY_SPLITS[split], captions)
 
 
-def read_token_file(path: Path) -> dict[str, list[str]]:
-    """`<image>#<n><TAB><caption>` lines -> {image: [captions]}; blank lines are skipped."""
+def read_token_file(path: Path, lines: dict[str, list[int]] | None = None) -> dict[str, list[str]]:
+    """`<image>#<n><TAB><caption>` lines -> {image: [captions]}; blank lines are skipped.
+    `lines`, if given, receives {image: [line number of each caption]}."""
+    lines = {} if lines is None else lines
     captions: dict[str, list[str]] = {}
     for number, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
@@ -233,11 +253,16 @@ def read_token_file(path: Path) -> dict[str, list[str]]:
         if not tab or not hash_sign or not name:
             raise DataError(f"{path}:{number}: expected '<image>#<n><TAB><caption>'")
         captions.setdefault(name, []).append(caption.strip())
+        lines.setdefault(name, []).append(number)
     return captions
 
 
-def read_captions_csv(path: Path) -> dict[str, list[str]]:
-    """Kaggle `image,caption` CSV -> {image: [captions]}; unquoted commas stay in the caption."""
+def read_captions_csv(
+    path: Path, lines: dict[str, list[int]] | None = None
+) -> dict[str, list[str]]:
+    """Kaggle `image,caption` CSV -> {image: [captions]}; unquoted commas stay in the caption.
+    `lines`, if given, receives {image: [line number of each caption]}."""
+    lines = {} if lines is None else lines
     rows = csv.reader(_read_lines(path))
     header = _next_row(path, rows)
     if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
@@ -250,6 +275,7 @@ def read_captions_csv(path: Path) -> dict[str, list[str]]:
         if len(row) < 2 or not row[0].strip():
             raise DataError(f"{path}:{number}: expected '<image>,<caption>'")
         captions.setdefault(row[0].strip(), []).append(",".join(row[1:]).strip())
+        lines.setdefault(row[0].strip(), []).append(number)
     return captions
 
 

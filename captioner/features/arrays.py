@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from captioner.data.cleaning import tokenize
 from captioner.data.datasets import Dataset
-from captioner.data.text import Vocabulary, clean_caption, put_teacher_forcing_row
+from captioner.data.text import Vocabulary, put_teacher_forcing_row
 from captioner.errors import CacheError, DataError
 from captioner.features.store import (
     FeatureCache,
@@ -78,7 +79,7 @@ def caption_rows(dataset: Dataset, names: list[str], vocabulary: Vocabulary, max
     for row, name in enumerate(names):
         for caption in dataset.captions[name]:
             rows[caption_number] = row
-            ids = vocabulary.encode(clean_caption(caption))
+            ids = vocabulary.encode(vocabulary.tokenize(caption))
             put_teacher_forcing_row(inputs, targets, caption_number, ids)
             caption_number += 1
     return rows, inputs, targets
@@ -88,15 +89,18 @@ def _features(cache: FeatureCache, names: list[str], lazy: bool | None):
     return cache.rows(names) if (cache.lazy if lazy is None else lazy) else cache.matrix(names)
 
 
-def references(dataset: Dataset, names: list[str]) -> list[list[list[str]]]:
-    """Every image's reference captions, cleaned into words the way the decoder learnt them."""
-    return [[clean_caption(c) for c in dataset.captions[name]] for name in names]
+def references(
+    dataset: Dataset, names: list[str], tokenizer: str = "words"
+) -> list[list[list[str]]]:
+    """Every image's reference captions, cleaned into tokens the way the decoder learnt them
+    (`tokenizer`: the vocabulary's)."""
+    return [[tokenize(c, tokenizer) for c in dataset.captions[name]] for name in names]
 
 
-def cleaned_captions(dataset: Dataset, names: list[str]):
-    """The captions of `names` cleaned into words, one at a time (for counting words without
+def cleaned_captions(dataset: Dataset, names: list[str], tokenizer: str = "words"):
+    """The captions of `names` cleaned into tokens, one at a time (for counting tokens without
     holding every caption's list at once)."""
-    return (clean_caption(c) for name in names for c in dataset.captions[name])
+    return (tokenize(c, tokenizer) for name in names for c in dataset.captions[name])
 
 
 def mirrored_features(

@@ -12,12 +12,14 @@ kept as float16 (8,091 Flickr8k photos x 64 cells x 1280 channels: 1.3 GB instea
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from captioner.config import EncoderConfig
+from captioner.config import EncoderConfig, TextConfig
+from captioner.data.caption_check import checked_dataset
 from captioner.data.images import batches_of_images
 from captioner.data.shards import Shard
 from captioner.errors import CacheError
@@ -48,6 +50,8 @@ def extract_features(
     mirror: bool = False,
     grid: bool = False,
     shard: Shard | None = None,
+    text: TextConfig | None = None,
+    notes: Callable[[str], None] | None = None,
 ) -> ExtractSummary:
     """Encodes every captioned image of the dataset at `data_root` that the cache lacks.
 
@@ -63,16 +67,18 @@ def extract_features(
         grid: keep each photo's grid of cells instead of its average (a cache of its own, for
             the grid decoders).
         shard: encode only this shard of the photos (see captioner.data.shards) [default: all].
+        text: the settings the captions will be cleaned with: a dataset whose captions
+            cleaning empties is refused before hours of encoding [default: TextConfig()].
+        notes: called with one line on what cleaning takes from the captions, if anything.
     Returns:
         An ExtractSummary; unreadable images are listed in it, not raised.
     """
-    from captioner.data.datasets import load_dataset
     from captioner.features.encoders import get_encoder
 
     start = time.perf_counter()
     encoder, shard = encoder or EncoderConfig(), shard or Shard()
     get_encoder(encoder.name)  # an unknown name fails before the dataset is read
-    dataset = load_dataset(data_root)
+    dataset = checked_dataset(data_root, text or TextConfig(), notes)
     cache_path = Path(cache_path)
     if cache_path.is_file():
         raise CacheError(

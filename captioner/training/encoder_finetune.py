@@ -263,7 +263,8 @@ def finetune_encoder(
         freeze_batch_norm(decoder)
         step = make_training_step(encoder, decoder, config)
         epochs = TrainingEpochs(train, step, run.encoder.input_size, config)
-        end_epoch = _EpochEnd(recorder, encoder, decoder, run, dev, references(dataset, dev.names))
+        dev_references = references(dataset, dev.names, run.vocabulary.tokenizer)
+        end_epoch = _EpochEnd(recorder, encoder, decoder, run, dev, dev_references)
         batches = -(-len(train.names) // config.batch_size)
         summary = run_epochs(recorder, config.epochs, epochs.run, end_epoch, progress, batches,
                              started)  # fmt: skip

@@ -110,8 +110,8 @@ def _read_source(source_run, run_dir, data_root, features_path) -> _Source:
     train_arrays = caption_arrays(dataset, "train", cache, vocabulary, max_words)
     dev_arrays = caption_arrays(dataset, "dev", cache, vocabulary, max_words)
     # CIDEr-D's document frequencies come from the train references, as the reward's should.
-    reward = CiderD(references(dataset, train_arrays.names))
-    dev_references = references(dataset, dev_arrays.names)
+    reward = CiderD(references(dataset, train_arrays.names, vocabulary.tokenizer))
+    dev_references = references(dataset, dev_arrays.names, vocabulary.tokenizer)
     info = {**source.info, "features": str(Path(features_path).resolve())}
     return _Source(run, train_arrays, dev_arrays, dev_references, reward, info)
 

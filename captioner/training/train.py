@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from captioner.config import Config, TrainConfig
+from captioner.data.caption_check import check_captions
 from captioner.data.datasets import Dataset, load_dataset
 from captioner.data.text import Vocabulary, build_vocabulary
 from captioner.errors import RunError
@@ -37,6 +39,8 @@ from captioner.training.checkpoints import (
 from captioner.training.distribute import is_chief, make_strategy, replicas
 from captioner.training.pipeline import count_batches, make_batches
 from captioner.training.validation import dev_scores_function
+
+Notes = Callable[[str], None] | None  # receives lines to show the user (the CLI: on stderr)
 
 
 def smoothed_cross_entropy(label_smoothing: float, reduction: str = "mean_with_sample_weight"):
@@ -146,14 +150,18 @@ class _Prepared:
     dev: CaptionArrays
 
 
-def _prepare(data_root, features_path, config: Config, mirrored_features_path) -> _Prepared:
+def _prepare(data_root, features_path, config: Config, mirrored_features_path,
+             notes: Notes = None) -> _Prepared:  # fmt: skip
     dataset = load_dataset(data_root)
+    text = config.text
+    check = check_captions(dataset, text)  # refuses captions that cleaning guts
+    if notes and check.line():
+        notes(check.line())
     cache = load_feature_cache(features_path)
     # The encoder asked for, not a cache of mirrored photos, grids exactly when attending.
     cache.check_encoder(features_path, config.encoder.name, grid=config.model.needs_grid)
-    text = config.text
-    train_captions = cleaned_captions(dataset, dataset.splits["train"])
-    vocabulary = build_vocabulary(train_captions, text.min_word_count)
+    train_captions = cleaned_captions(dataset, dataset.splits["train"], check.tokenizer)
+    vocabulary = build_vocabulary(train_captions, text.min_word_count, check.tokenizer)
     lazy = config.train.lazy_features
     train_arrays = caption_arrays(dataset, "train", cache, vocabulary, text.max_caption_words, lazy)
     dev_arrays = caption_arrays(dataset, "dev", cache, vocabulary, text.max_caption_words, lazy)
@@ -176,7 +184,7 @@ def _fit(model, prepared: _Prepared, config: Config, recorder: RunRecorder, prog
     dev_scores = dev_scores_function(
         model,
         dev.features,
-        references(prepared.dataset, dev.names),
+        references(prepared.dataset, dev.names, prepared.vocabulary.tokenizer),
         prepared.vocabulary,
         config.text.max_caption_words,
     )
@@ -211,6 +219,7 @@ def train(
     config: Config,
     progress: bool = True,
     mirrored_features_path: str | Path | None = None,
+    notes: Notes = None,
 ) -> TrainSummary:
     """Trains a decoder on the dataset's train split, validating on dev, into `run_dir`.
 
@@ -222,10 +231,11 @@ def train(
         progress: show Keras' per-epoch progress bar.
         mirrored_features_path: the cache of `extract --mirror`, used when
             train.mirror_probability > 0 [default: next to `features_path`'s default].
+        notes: called with one line on what cleaning took from the captions, if anything.
     """
     start = time.perf_counter()
     config.check_together()  # for configs built in Python, not by load_config
-    prepared = _prepare(data_root, features_path, config, mirrored_features_path)
+    prepared = _prepare(data_root, features_path, config, mirrored_features_path, notes)
     paths = {"data": data_root, "features": features_path}
     if mirrored_features_path is not None:
         paths["mirrored_features"] = mirrored_features_path
