@@ -59,6 +59,95 @@ def test_meteor_and_rouge_l_come_from_coco_caption():
     assert found.left_out[0].startswith("SPICE left out: needs")
 
 
+def test_meteor_is_started_in_the_captions_language_under_the_jars_own_codes():
+    """meteor-1.5.jar's codes (its Constants class): Czech is cz, Swedish se. pycocoevalcap
+    ships English's paraphrase table only: the jar stops at start when one is missing."""
+    from captioner.inference.coco_metrics import meteor_setting
+
+    def args(language, tables=("en",)):
+        return meteor_setting(language, paraphrases=tables).args()
+
+    assert args("en") == ["-l", "en", "-norm"]  # pycocoevalcap's own line
+    assert args("en", tables=()) == ["-l", "en", "-norm", "-m", "exact stem synonym"]
+    assert args("fr") == ["-l", "fr", "-norm", "-m", "exact stem"]
+    assert args("fr", tables=("fr",)) == ["-l", "fr", "-norm"]  # the full METEOR's data
+    assert args("cs") == ["-l", "cz", "-norm", "-m", "exact"]  # no Czech stemmer
+    assert args("sv") == ["-l", "se", "-lower"]  # no normalizer: -norm would throw
+    assert args("no") == args("nb") == ["-l", "no", "-lower"]
+    assert args("pt-BR") == args("pt") == ["-l", "pt", "-lower"]
+    assert {meteor_setting(c).code for c in ("de", "es", "ru", "da", "fi", "hu", "it", "nl",
+                                             "ro", "tr")} == {"de", "es", "ru", "da", "fi", "hu",
+                                                              "it", "nl", "ro", "tr"}  # fmt: skip
+    assert meteor_setting("hi") == ("METEOR 1.5 has no hi (it knows cs, da, de, en, es, fi, fr, "
+                                    "hu, it, nb, nl, no, pt, ro, ru, sv, tr)")  # fmt: skip
+    assert meteor_setting("ar").startswith("METEOR 1.5 has no ar (Arabic only as Buckwalter")
+
+
+@needs_pycocoevalcap
+@needs_java
+def test_meteor_stems_french_german_and_spanish_with_their_accents(monkeypatch):
+    """Whatever Java's default charset (here ASCII, as with LANG unset), the jar reads its stdin
+    as UTF-8: ß and accents arrive, and its Snowball stemmers match them."""
+    from captioner.inference.coco_metrics import CocoScorers
+
+    monkeypatch.setenv("LC_ALL", "C")
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Dfile.encoding=ANSI_X3.4-1968")
+    accents = "un chien court dans l'herbe verte près de la rivière"
+    french = CocoScorers("captioner", language="fr").score(
+        [[accents], [accents.replace("è", "e")], ["deux chien courant dans l'herbe"]],
+        [accents, accents, "deux chiens courent dans l'herbe"],
+    )
+    # près and rivière count as matches only with their accents on both sides; chiens-chien
+    # and courent-courant only through the French stemmer (-l en's Porter: 0.3837).
+    np.testing.assert_allclose(french.per_image["METEOR"], [1.0, 0.75840902, 0.58355167])
+    german = CocoScorers("captioner", language="de").score(
+        [["die straße ist nass"], ["die strasse ist nass"], ["die strasse ist nass"]],
+        ["die straße ist nass", "die straße ist nass", "die strabe ist nass"],
+    )
+    # Snowball's German stemmer writes ß as ss: straße-strasse is a stem match (weight 0.8);
+    # a straße whose ß was lost would score as strabe does.
+    np.testing.assert_allclose(german.per_image["METEOR"], [1.0, 0.95, 0.475], atol=1e-9)
+    spanish = CocoScorers("captioner", language="es").score(
+        [["dos perros corren en la hierba"], ["una niña juega en la playa"]],
+        ["dos perros corriendo en la hierba", "una nina juega en la playa"],
+    )
+    # corriendo-corren: the Spanish stemmer's (-l en's: 0.4171); niña is not nina.
+    assert spanish.per_image["METEOR"][0] == pytest.approx(0.96666667, abs=1e-6)
+    assert spanish.per_image["METEOR"][1] < 0.9
+    assert "ROUGE-L" in spanish.scores and not any("METEOR" in line for line in spanish.left_out)
+
+
+@needs_pycocoevalcap
+@needs_java
+@pytest.mark.slow  # English's paraphrase table: seconds
+def test_french_and_spanish_score_differently_in_english():
+    from captioner.inference.coco_metrics import CocoScorers
+
+    refs = [["deux chien courant dans l'herbe"], ["dos perros corren en la hierba"]]
+    captions = ["deux chiens courent dans l'herbe", "dos perros corriendo en la hierba"]
+    english = CocoScorers("captioner").score(refs, captions).per_image["METEOR"]
+    french = CocoScorers("captioner", language="fr").score(refs[:1], captions[:1])
+    spanish = CocoScorers("captioner", language="es").score(refs[1:], captions[1:])
+    np.testing.assert_allclose(english, [0.38369219, 0.41705673])
+    assert french.per_image["METEOR"][0] > english[0] + 0.15
+    assert spanish.per_image["METEOR"][0] > english[1] + 0.5
+
+
+@needs_pycocoevalcap
+def test_a_language_meteor_does_not_know_leaves_it_out_in_one_line():
+    from captioner.inference.coco_metrics import CocoScorers
+
+    found = CocoScorers("captioner", language="hi").score(
+        [["एक कुत्ता घास में दौड़ता है"]], ["एक कुत्ता घास में दौड़ रहा है"]
+    )
+    assert "METEOR" not in found.scores
+    assert [line for line in found.left_out if "METEOR" in line] == [
+        "METEOR left out: METEOR 1.5 has no hi (it knows cs, da, de, en, es, fi, fr, hu, it, nb, "
+        "nl, no, pt, ro, ru, sv, tr)"
+    ]
+    assert found.scores["ROUGE-L"] == pytest.approx(0.7800512, abs=1e-6)  # 5 of 6 and 7 words
+
+
 def test_a_model_that_gives_every_photo_one_caption_is_flagged():
     captions = [["a", "dog", "runs"]] * 18 + [["a", "cat"], ["a", "cat", "sits"]]
     d = caption_diagnostics(captions, [[["a", "dog"]]] * 20, vocabulary_size=14)

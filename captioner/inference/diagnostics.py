@@ -13,9 +13,10 @@ FLAGGED_SHARE = 0.10
 
 
 def caption_diagnostics(captions: list[list[str]], references: list[list[list[str]]],
-                        vocabulary_size: int) -> dict:  # fmt: skip
-    """Counts over one split; `references` as the metrics read them (words per reference)."""
-    joined = [" ".join(words) for words in captions]
+                        vocabulary_size: int, join=" ".join) -> dict:  # fmt: skip
+    """Counts over one split; `references` as the metrics read them (tokens per reference);
+    `join` writes a caption's tokens as text (Vocabulary.join: no spaces in Chinese)."""
+    joined = [join(words) for words in captions]
     counts = Counter(joined)
     images = max(len(captions), 1)
     reference_lengths = [len(r) for refs in references for r in refs]

@@ -39,6 +39,7 @@ class Evaluation:
     # The split's photos outside images_dir (a Karpathy COCO test split is all in val2014/).
     paths_elsewhere: dict[str, Path] = field(default_factory=dict)
     tokenize: str = "captioner"  # which words the scores were computed on (coco_metrics)
+    tokens: str = "words"  # the run's tokenizer: BLEU, ROUGE-L, CIDEr-D count these
     left_out: list[str] = field(default_factory=list)  # scores that could not be computed, why
     diagnostics: dict = field(default_factory=dict)  # captioner.inference.diagnostics
     # evaluate(attention=True) on an attention run: image -> its words' weights (words, rows,
@@ -80,40 +81,39 @@ def evaluate(
     run = runs[0]
     decode = decode or run.config.decode
     data_root = data_root or run.info["data"]
+    vocabulary, language = run.vocabulary, run.config.text.language
+    _check_tokenization(tokenize, vocabulary.tokenizer, language)
     dataset = load_dataset(data_root)
     names, features = _split_features(runs, dataset, split, data_root, features_path)
-    coco = CocoScorers(tokenize)  # METEOR's Java starts while the captions are made
+    coco = CocoScorers(tokenize, language=language)  # METEOR's Java starts while decoding
     hypotheses, maps = _decoded(runs, decode, names, features, attention)
-    refs = references(dataset, names)
-    scores, per_image, left_out = _scores(coco, dataset, names, refs, hypotheses)
-    diagnostics = caption_diagnostics(hypotheses, refs, len(run.vocabulary))
+    refs = references(dataset, names, vocabulary.tokenizer)
+    scores, per_image, left_out = _scores(coco, dataset, names, refs, hypotheses, vocabulary)
+    diagnostics = caption_diagnostics(hypotheses, refs, len(vocabulary), vocabulary.join)
     # The shipped model's folder may be read-only: its results go to the current folder.
     name = f"captions-{split}-{decoding_name(decode)}{'-ensemble' if len(runs) > 1 else ''}.json"
     captions_path = (Path(".") if run.shipped else run.directory) / name
     write_json(captions_path, {"split": split, "decoding": decode.__dict__, "tokenize": tokenize,
-                               "scores": scores, "diagnostics": diagnostics,
-                               "images": per_image})  # fmt: skip
-    return Evaluation(
-        split,
-        len(hypotheses),
-        dict(decode.__dict__),
-        scores,
-        captions_path,
-        time.perf_counter() - start,
-        per_image,
-        dataset.images_dir,
-        {n: dataset.paths_elsewhere[n] for n in names if n in dataset.paths_elsewhere},
-        tokenize,
-        left_out,
-        diagnostics,
-        maps,
-    )
+               "tokens": vocabulary.tokenizer, "scores": scores, "diagnostics": diagnostics,
+               "images": per_image})  # fmt: skip
+    elsewhere = {n: dataset.paths_elsewhere[n] for n in names if n in dataset.paths_elsewhere}
+    return Evaluation(split, len(hypotheses), dict(decode.__dict__), scores, captions_path,
+                      time.perf_counter() - start, per_image, dataset.images_dir, elsewhere,
+                      tokenize, vocabulary.tokenizer, left_out, diagnostics, maps)  # fmt: skip
+
+
+def _check_tokenization(tokenize: str, tokenizer: str, language: str) -> None:
+    """coco-caption's PTB tokenizer knows English words and ASCII punctuation only."""
+    if tokenize == "coco" and (language != "en" or tokenizer != "words"):
+        raise ConfigError(f"--tokenize coco: coco-caption's PTB tokenizer splits English words; "
+                          f"this run's captions are {language} in {tokenizer}: leave it out "
+                          "to score on the run's own tokens")  # fmt: skip
 
 
 SCORE_ORDER = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE")
 
 
-def _scores(coco: CocoScorers, dataset, names, refs, hypotheses):
+def _scores(coco: CocoScorers, dataset, names, refs, hypotheses, vocabulary):
     """(scores in SCORE_ORDER, per-image dicts, lines on scores left out). With the captioner
     tokenization BLEU and CIDEr-D are captioner's own (nltk, captioner.metrics); with coco,
     every score is coco-caption's, on its PTB tokens of the raw references."""
@@ -130,7 +130,7 @@ def _scores(coco: CocoScorers, dataset, names, refs, hypotheses):
         found = coco.score([[" ".join(r) for r in image_refs] for image_refs in refs], captions)
         scores |= found.scores
     scores = {key: scores[key] for key in SCORE_ORDER if key in scores}
-    per_image = _per_image(names, hypotheses, refs, image_cider)
+    per_image = _per_image(names, hypotheses, refs, image_cider, vocabulary)
     for key, label in (("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("SPICE", "spice")):
         for item, value in zip(per_image, found.per_image.get(key, [])):
             item[label] = round(value, 4)
@@ -182,15 +182,17 @@ def _split_features(runs: list[Run], dataset, split: str, data_root, features_pa
     return names, features
 
 
-def _per_image(names, hypotheses, refs, image_cider) -> list[dict]:
-    """Each image's caption beside its references, with its own BLEU-4 and CIDEr-D."""
-    return [
-        {
-            "image": name,
-            "caption": " ".join(words),
-            "references": [" ".join(r) for r in image_refs],
-            "bleu4": round(sentence_bleu4(image_refs, words), 4),
-            "cider_d": round(cider, 4),
-        }
-        for name, words, image_refs, cider in zip(names, hypotheses, refs, image_cider)
-    ]
+def _per_image(names, hypotheses, refs, image_cider, vocabulary) -> list[dict]:
+    """Each image's caption beside its references, with its own BLEU-4 and CIDEr-D; written as
+    their script is (no spaces between Han characters), with the tokens scored beside them
+    where they are characters."""
+    per_image = []
+    for name, words, image_refs, cider in zip(names, hypotheses, refs, image_cider):
+        item = {"image": name, "caption": vocabulary.join(words),
+                "references": [vocabulary.join(r) for r in image_refs],
+                "bleu4": round(sentence_bleu4(image_refs, words), 4),
+                "cider_d": round(cider, 4)}  # fmt: skip
+        if vocabulary.tokenizer != "words":
+            item["tokens"], item["reference_tokens"] = words, image_refs
+        per_image.append(item)
+    return per_image
