@@ -50,15 +50,52 @@ def captions_for(top: tuple[str, str], bottom: tuple[str, str]) -> list[str]:
     ]
 
 
-def make_examples(count: int, seed: int = 0) -> list[tuple[str, Image.Image, list[str]]]:
+# The same captions in Chinese (written without spaces, with "。") and in Hindi (letters with
+# vowel signs, "।"), for the text stage in other scripts: colour and shape words, then five
+# paraphrases of "A above B".
+WORDS_IN = {
+    "zh": {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色",
+           "circle": "圆形", "square": "方块", "triangle": "三角形"},
+    "hi": {"red": "लाल", "green": "हरा", "blue": "नीला", "yellow": "पीला",
+           "circle": "वृत्त", "square": "वर्ग", "triangle": "त्रिभुज"},
+    "ar": {"red": "أحمر", "green": "أخضر", "blue": "أزرق", "yellow": "أصفر",
+           "circle": "دائرة", "square": "مربع", "triangle": "مثلث"},
+}  # fmt: skip
+_FEMININE = {"red": "حمراء", "green": "خضراء", "blue": "زرقاء", "yellow": "صفراء"}
+TEMPLATES_IN = {
+    "zh": ["一个{a}在一个{b}上面。", "{a}位于{b}的上方", "有一个{a}在{b}上方。",
+           "一个{b}在一个{a}下面。", "{b}位于{a}的下方"],
+    "hi": ["एक {a} एक {b} के ऊपर है।", "{a} {b} के ऊपर है", "एक {a} है, {b} के ऊपर।",
+           "एक {b} एक {a} के नीचे है।", "{b} {a} के नीचे है"],
+    "ar": ["{a} فوق {b}.", "يوجد {a} فوق {b}", "هناك {a} فوق {b}.", "{b} تحت {a}.",
+           "{b} أسفل {a}"],
+}  # fmt: skip
+
+
+def captions_in(language: str, top: tuple[str, str], bottom: tuple[str, str]) -> list[str]:
+    """captions_for's five captions in `language` (zh, hi or ar: in Arabic the shape comes
+    first, and the colour agrees with the feminine دائرة)."""
+    words = WORDS_IN[language]
+    space = "" if language == "zh" else " "
+    if language == "ar":
+        a, b = (f"{words[shape]} {_FEMININE[colour] if shape == 'circle' else words[colour]}"
+                for colour, shape in (top, bottom))  # fmt: skip
+    else:
+        a, b = (space.join(words[w] for w in pair) for pair in (top, bottom))
+    return [template.format(a=a, b=b) for template in TEMPLATES_IN[language]]
+
+
+def make_examples(count: int, seed: int = 0, language: str = "en"
+                  ) -> list[tuple[str, Image.Image, list[str]]]:  # fmt: skip
+    """`count` photos with their five captions (English, or zh / hi as in captions_in)."""
     rng = np.random.RandomState(seed)
     examples = []
     for index in range(count):
         top = (str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)))
         bottom = (str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)))
-        examples.append(
-            (f"{1000 + index}_shapes.jpg", draw(top, bottom), captions_for(top, bottom))
-        )
+        captions = captions_for(top, bottom) if language == "en" else captions_in(
+            language, top, bottom)  # fmt: skip
+        examples.append((f"{1000 + index}_shapes.jpg", draw(top, bottom), captions))
     return examples
 
 
@@ -69,7 +106,7 @@ def write_kaggle(root: Path, examples) -> Path:
     for name, image, captions in examples:
         image.save(root / "Images" / name, quality=95)
         lines += [f"{name},{caption}" for caption in captions]
-    (root / "captions.txt").write_text("\n".join(lines) + "\n")
+    (root / "captions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
 
 
@@ -84,7 +121,7 @@ def write_flickr8k(root: Path, examples, splits: dict[str, list[str]]) -> Path:
         lines += [f"{name}#{i}\t{caption}" for i, caption in enumerate(captions)]
     # The real token file has captions for an id with no image; loaders must tolerate it.
     lines.append("2258277193_586949ec62.jpg.1#0\tpeople waiting for the subway")
-    (text / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
+    (text / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     for split, names in splits.items():
         (text / f"Flickr_8k.{split}Images.txt").write_text("\n".join(names) + "\n")
     return root

@@ -81,6 +81,7 @@ def _write(export_format: str, runs: list[Run], decoding: DecodeConfig, staging:
 
         write_onnx(runs, staging)
         manifest["vocabulary"] = runs[0].vocabulary.words
+        manifest["tokenizer"] = runs[0].vocabulary.tokenizer  # how the runtime joins them
         # Each model's size: the runtime tells a file cut short (a copy interrupted) by it.
         manifest["files"] = {f.name: f.stat().st_size for f in sorted(staging.glob("*.onnx"))}
     write_json(staging / MANIFEST_FILE, manifest)

@@ -9,19 +9,38 @@ from __future__ import annotations
 from pathlib import Path
 
 from captioner.config import DecodeConfig
-from captioner.data.text import END_ID, PAD_ID, START_ID
+from captioner.data.cleaning import ends_spaceless, is_spaceless
+from captioner.data.text import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, Vocabulary
 from captioner.model.rundir import Run, decoder_steps, encoder_runs
 
 
-def words_of(ids, words):
-    """ids (B, L) -> (B,) strings: the words up to the first <end>, as Vocabulary.decode reads
-    them. Graph code."""
+def words_of(ids, vocabulary: Vocabulary):
+    """ids (B, L) -> (B,) strings: the tokens up to the first <end>, as Vocabulary.decode reads
+    them, joined as Vocabulary.join joins them. Graph code."""
     import tensorflow as tf
 
     ended = tf.cumsum(tf.cast(tf.equal(ids, END_ID), tf.int32), axis=1) > 0
     keep = ~ended & tf.not_equal(ids, PAD_ID) & tf.not_equal(ids, START_ID)
-    tokens = tf.ragged.boolean_mask(tf.gather(words, ids), keep)
-    return tf.strings.reduce_join(tokens, axis=1, separator=" ")
+    tokens = tf.ragged.boolean_mask(tf.gather(tf.constant(vocabulary.words), ids), keep)
+    if vocabulary.tokenizer == "words":
+        return tf.strings.reduce_join(tokens, axis=1, separator=" ")
+    # No space next to a character of a script written without spaces (join_tokens): none
+    # before token i when it starts with one or token i - 1 ends with one (or i is the first).
+    starts, ends = (tf.constant(flags) for flags in spaceless_ends(vocabulary.words))
+    kept = tf.ragged.boolean_mask(ids, keep)
+    first = tf.RaggedTensor.from_tensor(tf.ones([tf.shape(ids)[0], 1], tf.bool))
+    glued = tf.gather(starts, kept) | tf.concat([first, tf.gather(ends, kept)], axis=1)[:, :-1]
+    space = tf.where(glued.flat_values, "", " ")
+    tokens = tokens.with_flat_values(tf.strings.join([space, tokens.flat_values]))
+    return tf.strings.reduce_join(tokens, axis=1)
+
+
+def spaceless_ends(words: list[str]) -> tuple[list[bool], list[bool]]:
+    """For each token: whether it starts, and whether it ends, with a character of a script
+    written without spaces (the special tokens neither)."""
+    starts = [i >= len(SPECIAL_TOKENS) and is_spaceless(w[0]) for i, w in enumerate(words)]
+    ends = [i >= len(SPECIAL_TOKENS) and ends_spaceless(w) for i, w in enumerate(words)]
+    return starts, ends
 
 
 def caption_function(runs: list[Run], decoding: DecodeConfig):
@@ -37,7 +56,6 @@ def caption_function(runs: list[Run], decoding: DecodeConfig):
     steps = decoder_steps(runs)
     decoders = [member.model for member in getattr(steps, "members", [steps])]
     search = make_search(steps, len(runs[0].vocabulary), decoding)
-    words = tf.constant(runs[0].vocabulary.words)
     pixels_spec = tf.TensorSpec([size, size, 3], tf.float32)
 
     def caption(images):
@@ -48,7 +66,7 @@ def caption_function(runs: list[Run], decoding: DecodeConfig):
             tf.reshape(encoder(pixels, training=False), [count, -1]) for encoder in encoders
         ]
         ids, scores = search(tf.concat(features, axis=1))
-        return {"captions": words_of(ids, words), "scores": scores}
+        return {"captions": words_of(ids, runs[0].vocabulary), "scores": scores}
 
     return caption, encoders + decoders
 

@@ -203,7 +203,7 @@ class Captioner:
         results = []
         for i, (row, value) in enumerate(zip(ids, values)):
             words = self.vocabulary.decode(row)
-            result = (" ".join(words), float(value))
+            result = (self.vocabulary.join(words), float(value))
             if grid:  # a map per word: <start> and <pad> are never generated, so they align
                 result += (maps[0][i, : len(words)].reshape(len(words), *grid),)
             results.append(result)

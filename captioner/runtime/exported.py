@@ -61,6 +61,7 @@ class ExportedCaptioner:
         folder = Path(folder)
         manifest = _read_manifest(folder)
         self.words = manifest["vocabulary"]
+        self.tokenizer = manifest.get("tokenizer", "words")  # exports before it held words
         self.input_size = manifest["input_size"]
         self.decoding = Decoding(**manifest["decoding"])
         options = onnxruntime.SessionOptions()
@@ -92,6 +93,7 @@ class ExportedCaptioner:
                 yield (path, *found[path]) if path in found else (path, None, image)
 
     def _words_of(self, ids) -> str:
+        from captioner.data.cleaning import join_tokens
         from captioner.data.text import END_ID, PAD_ID, START_ID
 
         words = []
@@ -100,7 +102,7 @@ class ExportedCaptioner:
                 break
             if index not in (PAD_ID, START_ID):
                 words.append(self.words[index])
-        return " ".join(words)
+        return join_tokens(words, self.tokenizer)
 
 
 def _export_again(folder: Path) -> str:
