@@ -170,6 +170,8 @@ def extract(data, encoder, weights, features, batch_size, mirror, grid, shard, p
         mirror=mirror,
         grid=grid,
         shard=parse_shard(shard),
+        text=config.text,
+        notes=_note,
     )
     where = "" if summary.shard.whole else f" of shard {summary.shard}"
     click.echo(
@@ -262,7 +264,13 @@ def train(
         data, config.encoder.name, grid=config.model.needs_grid
     )
     run_dir = run_dir or _default_run_dir(data, config.encoder.name)
-    _echo_trained(train_decoder(data, features, run_dir, config, progress, mirrored_features))
+    _echo_trained(train_decoder(data, features, run_dir, config, progress, mirrored_features,
+                                notes=_note))  # fmt: skip
+
+
+def _note(line: str) -> None:
+    """A stage's word to the user, on stderr beside the progress bars."""
+    click.echo(line, err=True)
 
 
 def _echo_trained(s) -> None:
@@ -437,8 +445,18 @@ def caption(images, run_dirs, output, shard, decode_batch, progress, save, atten
 
 
 def _draw(result, images, save, attention):
-    """--save and --attention: a file for one photo, a folder (PHOTO.<kind>.png) for several."""
+    """--save and --attention: a file for one photo, a folder (PHOTO.<kind>.png) for several.
+    A caption in a script that no font here has is drawn all the same (missing letters as
+    boxes), and what to install is said once on stderr."""
     several = len(images) > 1 or Path(images[0]).is_dir()
+    if save or attention:
+        from captioner.inference.fonts import missing_font_note
+
+        note = missing_font_note(result.caption)
+        said = click.get_current_context().meta.setdefault("captioner.font_notes", set())
+        if note and note not in said:
+            said.add(note)
+            click.echo(note, err=True)
     if save:
         from captioner.inference.report import draw_caption
 
@@ -514,7 +532,8 @@ def evaluate(run_dirs, split, data, features, report, tokenize, beam, max_length
         f"beam {decode.beam_size}, length penalty {decode.length_penalty}, "
         f"no-repeat n-gram {decode.no_repeat_ngram or 'off'}")  # fmt: skip
     click.echo(f"{result.split} split: {result.images} images, {mode}, "
-               f"max {decode.max_length} words, {tokenize} tokenization, "
+               f"max {decode.max_length} words, {tokenize} tokenization"
+               f"{' on ' + result.tokens if tokenize == 'captioner' else ''}, "
                f"{result.seconds:.1f} s")  # fmt: skip
     click.echo("  ".join(f"{name:>7}" for name in result.scores))
     click.echo("  ".join(f"{score:7.4f}" for score in result.scores.values()))

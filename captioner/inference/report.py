@@ -12,20 +12,31 @@ import io
 import random
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 from captioner.files import write_atomic
+from captioner.inference import drawn_text
 
 _THUMBNAIL = 224
 _SAMPLE = 8  # images in each of the best, worst and random sections
 
-_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
+# Captions come in any script: after the system's font, Noto's for the scripts it may lack,
+# then whatever the browser falls back to.
+_FONT_FAMILY = (
+    'system-ui, "Noto Sans", "Noto Sans Arabic", "Noto Sans Hebrew", '
+    '"Noto Sans Devanagari", "Noto Sans Bengali", "Noto Sans Thai", '
+    '"Noto Sans CJK SC", "Noto Sans SC", "Noto Sans CJK JP", "Noto Sans JP", sans-serif'
+)
+_STYLE = (
+    f"body{{font-family:{_FONT_FAMILY};margin:2em;max-width:70em;color:#222}}"
+    + """
 table.scores td,table.scores th{padding:.2em .8em;text-align:right}
 .item{display:flex;gap:1em;margin:.8em 0;padding:.6em;border-bottom:1px solid #ddd}
 .item img{width:160px;height:auto;border-radius:4px}
 .generated{font-size:1.15em;font-weight:600}.refs{color:#555;margin:.3em 0 0 1.2em;padding:0}
 .metric{color:#888;font-size:.85em}
 .item img.attention{width:auto;max-width:100%;border-radius:0;margin-top:.4em}"""
+)
 
 
 def _thumbnail_data_uri(path: Path) -> str:
@@ -44,18 +55,22 @@ def _thumbnail_data_uri(path: Path) -> str:
 def _item_html(item: dict, image_path: Path, maps=None) -> str:
     """One photo, its caption, scores and references; with `maps` (words, rows, columns),
     the photo once per word under them, with that word's attention."""
-    references = "".join(f"<li>{html.escape(r)}</li>" for r in item["references"])
+    # dir="auto": each caption reads in its own script's direction (Arabic, Hebrew: from the
+    # right), whatever the page's.
+    references = "".join(f'<li dir="auto">{html.escape(r)}</li>' for r in item["references"])
     pictures = ""
     if maps is not None:
-        from captioner.inference.attention_maps import attention_data_uri
+        from captioner.inference.attention_maps import attention_data_uri, words_of
 
-        uri = attention_data_uri(image_path, item["caption"].split(), maps)
+        # The run's tokens where evaluate kept them (character tokens: "一只狗" is three).
+        words = item.get("tokens") or words_of(item["caption"], len(maps))
+        uri = attention_data_uri(image_path, words, maps)
         alt = html.escape(f"attention of each word of: {item['caption']}")
         pictures = f'<img class="attention" alt="{alt}" src="{uri}">' if uri else ""
     return (
         f'<div class="item"><img alt="{html.escape(item["image"])}" '
         f'src="{_thumbnail_data_uri(image_path)}"><div>'
-        f'<div class="generated">{html.escape(item["caption"])}</div>'
+        f'<div class="generated" dir="auto">{html.escape(item["caption"])}</div>'
         f'<div class="metric">{html.escape(item["image"])} · {_item_scores(item)}</div>'
         f'<ol class="refs">{references}</ol>{pictures}</div></div>'
     )
@@ -119,25 +134,24 @@ def write_report(evaluation, path: str | Path, run_dir: str | Path, seed: int = 
 
 
 def draw_caption(image_path: str | Path, caption: str, output: str | Path) -> Path:
-    """Saves the photo with its caption written on a white band under it."""
+    """Saves the photo with its caption written on a white band under it, in any script: each
+    word in a font that has its letters, a right-to-left caption from the right edge."""
     with Image.open(image_path) as photo:
         photo = ImageOps.exif_transpose(photo).convert("RGB")
-    font = ImageFont.load_default(size=max(14, photo.width // 28))
-    pen = ImageDraw.Draw(photo)
-    lines, line = [], ""
-    for word in caption.split():  # wrap to the photo's width
-        candidate = f"{line} {word}".strip()
-        if line and pen.textlength(candidate, font=font) > photo.width - 20:
-            lines.append(line)
-            candidate = word
-        line = candidate
-    lines.append(line)
-    line_height = int(font.size * 1.3)
-    canvas = Image.new("RGB", (photo.width, photo.height + line_height * len(lines) + 20), "white")
+    size = max(14, photo.width // 28)
+    lines = [drawn_text.runs(text, size, caption)
+             for text in drawn_text.wrap(caption, size, photo.width - 20)]  # fmt: skip
+    # One line height for all: the tallest font's, so that no vowel sign or mark is cut off.
+    heights = [drawn_text.metrics(line, size) for line in lines]
+    ascent, descent = max(a for a, _ in heights), max(d for _, d in heights)
+    canvas = Image.new("RGB", (photo.width, photo.height + (ascent + descent) * len(lines) + 20),
+                       "white")  # fmt: skip
     canvas.paste(photo, (0, 0))
     pen = ImageDraw.Draw(canvas)
-    for number, text in enumerate(lines):
-        pen.text((10, photo.height + 10 + number * line_height), text, fill="black", font=font)
+    rtl = drawn_text.is_rtl(caption)
+    for number, line in enumerate(lines):
+        left = photo.width - 10 - drawn_text.width(line) if rtl else 10
+        drawn_text.draw(pen, line, left, photo.height + 10 + number * (ascent + descent) + ascent)
     buffer = io.BytesIO()
     canvas.save(
         buffer, format=Path(output).suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"

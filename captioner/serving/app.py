@@ -39,6 +39,7 @@ from captioner.config import ServeConfig
 from captioner.data.images import IMAGE_FORMATS, decode_image
 from captioner.errors import ConfigError, ImageError, ImageTooLarge
 from captioner.inference.api import Captioner, attention_grid
+from captioner.inference.attention_maps import words_of
 from captioner.serving.batcher import Batcher
 
 # Decoding options as query parameters: name -> (type, what a value must be).
@@ -182,7 +183,7 @@ def _caption_json(name: str, caption: str, score: float, weights=None) -> dict:
     answer = {"file": name, "caption": caption, "score": round(score, 4)}
     if weights is not None:
         answer["attention"] = {
-            "words": caption.split(),
+            "words": words_of(caption, len(weights)),  # "一只狗": three words
             "grid": list(weights.shape[1:]),
             "weights": np.round(weights.astype(float), WEIGHT_DIGITS).tolist(),
         }
