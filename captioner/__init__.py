@@ -14,7 +14,8 @@ The stages, each one function (TensorFlow is imported only when a stage runs):
     from captioner.inference.evaluate import evaluate         # a run + split -> BLEU, CIDEr-D
 """
 
-__version__ = "0.1.0"
+from captioner.version import __version__
+
 __all__ = ["Captioner", "__version__"]
 
 

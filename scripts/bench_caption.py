@@ -68,7 +68,7 @@ def main():
     args = parser.parse_args()
 
     from captioner.data.images import find_photos
-    from captioner.model.rundir import load_runs
+    from captioner.model.ensembles import load_runs
 
     runs = load_runs(args.run)
     run = runs[0]

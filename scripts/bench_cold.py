@@ -73,7 +73,7 @@ def main():
     timed([*captioner, "export", str(work / "saved"), *runs], env)
     timed([*captioner, "export", str(work / "light"), "--format", "onnx", *runs], env)
     from captioner.inference.light import light_export_dir
-    from captioner.model.rundir import load_runs
+    from captioner.model.ensembles import load_runs
 
     os.environ["CAPTIONER_CACHE"] = env["CAPTIONER_CACHE"]  # where caption will look
     cache = light_export_dir(load_runs(args.run or None))

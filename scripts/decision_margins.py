@@ -29,7 +29,7 @@ class Replay:
     def __init__(self, captioner, photo):
         import tensorflow as tf
 
-        from captioner.model.rundir import decoder_steps
+        from captioner.model.ensembles import decoder_steps
 
         self.tf, self.steps = tf, decoder_steps(captioner.runs)
         self.features = tf.constant(captioner.features(captioner.prepare(photo)[None]))

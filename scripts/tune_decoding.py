@@ -30,7 +30,7 @@ def main():
 
     from captioner.config import DecodeConfig
     from captioner.inference.evaluate import evaluate
-    from captioner.model.rundir import load_runs
+    from captioner.model.ensembles import load_runs
 
     runs = load_runs(args.run)  # read once; each setting builds its own decoder
     tf.get_logger().setLevel("ERROR")  # each setting builds a new decoder: retracing is expected

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from captioner.model.rundir import INT8_MIN_SIZE, quantize_int8, read_weights_npz, save_weights_npz
+from captioner.model.int8 import INT8_MIN_SIZE, quantize_int8
+from captioner.model.rundir import read_weights_npz, save_weights_npz
 
 
 class Weights:

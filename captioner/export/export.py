@@ -22,7 +22,8 @@ from pathlib import Path
 from captioner.config import EXPORT_FORMATS, DecodeConfig, check_length
 from captioner.errors import ConfigError
 from captioner.files import disk_full_as_error
-from captioner.model.rundir import Run, load_runs, write_json
+from captioner.model.ensembles import load_runs
+from captioner.model.rundir import Run, write_json
 
 MANIFEST_FILE = "captioner-export.json"
 MANIFEST_FORMAT = "captioner-export/1"
@@ -97,7 +98,7 @@ def max_words(runs: list[Run]) -> int | None:
 def _manifest(export_format: str, runs: list[Run], decoding: DecodeConfig) -> dict:
     import tensorflow as tf
 
-    from captioner import __version__
+    from captioner.version import __version__
 
     run = runs[0]
     return {

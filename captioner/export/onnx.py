@@ -16,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from captioner.errors import ConfigError
-from captioner.model.rundir import Run, decoder_steps, encoder_runs
+from captioner.model.ensembles import decoder_steps, encoder_runs
+from captioner.model.rundir import Run
 
 OPSET = 17
 

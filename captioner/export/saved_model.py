@@ -11,7 +11,8 @@ from pathlib import Path
 from captioner.config import DecodeConfig
 from captioner.data.cleaning import ends_spaceless, is_spaceless
 from captioner.data.text import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, Vocabulary
-from captioner.model.rundir import Run, decoder_steps, encoder_runs
+from captioner.model.ensembles import decoder_steps, encoder_runs
+from captioner.model.rundir import Run
 
 
 def words_of(ids, vocabulary: Vocabulary):

@@ -31,7 +31,8 @@ from PIL import Image
 
 from captioner.config import DECODE_RANGES, DecodeConfig
 from captioner.errors import ConfigError, ImageError
-from captioner.model.rundir import Run, load_runs
+from captioner.model.ensembles import load_runs
+from captioner.model.rundir import Run
 
 # Photos per model call (encoder, then decoder) in caption(): large enough to keep the CPU's
 # cores busy, small enough that the decoded photos of one call stay a few MB.
@@ -68,7 +69,7 @@ class Captioner:
 
     def __init__(self, runs: list[Run]):
         from captioner.features.encoders import make_encode_function
-        from captioner.model.rundir import decoder_steps, encoder_runs
+        from captioner.model.ensembles import decoder_steps, encoder_runs
         from captioner.quiet import import_tensorflow
 
         import_tensorflow()

@@ -15,14 +15,8 @@ from captioner.features.arrays import caption_arrays, references
 from captioner.inference.coco_metrics import CocoScorers
 from captioner.inference.diagnostics import caption_diagnostics
 from captioner.metrics import score_captions, sentence_bleu4
-from captioner.model.rundir import (
-    Run,
-    decoder_steps,
-    finetuned,
-    load_run_features,
-    load_runs,
-    write_json,
-)
+from captioner.model.ensembles import decoder_steps, finetuned, load_runs
+from captioner.model.rundir import Run, load_run_features, write_json
 from captioner.model.search import make_decoder
 
 

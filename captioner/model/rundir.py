@@ -26,10 +26,9 @@ is wrong with it and what to do (`damaged`).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from captioner.config import Config, DecodeConfig, config_from_dict, merge
 from captioner.data.text import Vocabulary
 from captioner.errors import RunError
 from captioner.files import what_is_wrong, write_atomic, write_through_temporary
+from captioner.model.int8 import INT8_MIN_SIZE, dequantize_int8, quantize_int8
 
 RUN_FORMAT = "captioner-run/1"
 MODEL_FILE, LAST_FILE, WEIGHTS_FILE = "model.keras", "last.keras", "weights.npz"
@@ -149,12 +149,6 @@ class Run:
         return merge(self.config, {"decode": given}, "decoding options").decode
 
 
-# 8-bit storage: matrices of at least this many numbers (embedding, LSTM kernels, logits,
-# attention) become int8 with a float32 scale per output channel; biases, BatchNorm and other
-# small arrays stay float16, where 8 bits would cost accuracy and save nothing.
-INT8_MIN_SIZE = 4096
-
-
 def save_weights_npz(model, folder: str | Path, name: str = WEIGHTS_FILE, dtype=np.float16):
     """weights.npz: the model's weights (float16: a sixth of model.keras; or "int8", about a
     twelfth), no optimizer state; `Run.load_model` rebuilds the decoder from run.json and reads
@@ -170,23 +164,6 @@ def save_weights_npz(model, folder: str | Path, name: str = WEIGHTS_FILE, dtype=
     write_atomic(Path(folder) / name, buffer.getvalue())
 
 
-def quantize_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 with a float32 scale per output channel (values = q * scale, |error| <=
-    scale / 2): per column of a kernel (a unit), or per row where that errs less (an
-    embedding's words, whose vectors differ in size). The scale keeps its axis (1, n) or (n, 1),
-    so that q * scale restores the matrix."""
-    matrix = weight.reshape(-1, weight.shape[-1]).astype(np.float32)
-    best = None
-    for axis in (0, 1):
-        scale = np.abs(matrix).max(axis=axis, keepdims=True) / 127.0
-        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-        q = np.round(matrix / scale).astype(np.int8)
-        error = float(np.square(q * scale - matrix).mean())
-        if best is None or error < best[0]:
-            best = (error, q.reshape(weight.shape), scale)
-    return best[1], best[2]
-
-
 def read_weights_npz(path: Path, advice: str = RETRAIN) -> list[np.ndarray]:
     """The arrays save_weights_npz wrote, in order, as float32 (int8 ones dequantized; plain
     arrays: no code runs); a damaged file is a RunError that ends with `advice`."""
@@ -200,9 +177,7 @@ def read_weights_npz(path: Path, advice: str = RETRAIN) -> list[np.ndarray]:
 
 def _weight(arrays, i: int) -> np.ndarray:
     if f"q{i}" in arrays.files:
-        q = arrays[f"q{i}"]
-        matrix = q.reshape(-1, q.shape[-1]).astype(np.float32) * arrays[f"s{i}"]
-        return matrix.reshape(q.shape)
+        return dequantize_int8(arrays[f"q{i}"], arrays[f"s{i}"])
     return arrays[f"w{i}"].astype(np.float32)
 
 
@@ -245,7 +220,7 @@ def load_keras_model(path: str | Path):
 
 
 def save_run_info(directory: Path, config: Config, encoder: EncoderInfo, **info: Any) -> None:
-    from captioner import __version__
+    from captioner.version import __version__
 
     data = {
         "format": RUN_FORMAT,
@@ -291,51 +266,6 @@ def load_run(directory: str | Path | None = None) -> Run:
     return Run(directory, config, encoder, vocabulary, data)
 
 
-def load_runs(directories) -> list[Run]:
-    """One run, or several to decode as an ensemble (None or empty: the shipped model).
-    Runs already loaded pass through as they are."""
-    if directories:
-        runs = [d if isinstance(d, Run) else load_run(d) for d in directories]
-    else:  # the shipped model, with the members of its ensemble if it has one
-        runs = [load_run()]
-        runs += [load_run(runs[0].directory / m) for m in runs[0].info.get("ensemble", [])]
-    for run in runs[1:]:
-        # Fine-tuned members each bring their own weights of the same encoder: the photos are
-        # read once, at its size, and each member decodes its own encoder's features.
-        same_encoder = replace(run.encoder, finetuned=False) == replace(
-            runs[0].encoder, finetuned=False
-        )
-        if run.vocabulary.words != runs[0].vocabulary.words or not same_encoder:
-            raise RunError(
-                f"{run.directory}: an ensemble needs the same vocabulary and encoder as "
-                f"{runs[0].directory}"
-            )
-    return runs
-
-
-def encoder_runs(runs: list[Run]) -> tuple[list[Run], list[slice]]:
-    """The runs whose encoders make an ensemble's features, one per distinct encoder (all runs
-    share one, unless fine-tuned), and the columns of each run's features in their
-    concatenation, in the order of `runs`."""
-    keys = [_encoder_key(run) for run in runs]
-    distinct = list(dict.fromkeys(keys))
-    width = runs[0].encoder.feature_dim
-    columns = [slice(distinct.index(k) * width, (distinct.index(k) + 1) * width) for k in keys]
-    return [runs[keys.index(key)] for key in distinct], columns
-
-
-def _encoder_key(run: Run) -> tuple:
-    """Runs of one key read the same features; a fine-tuned encoder is its run's alone."""
-    encoder = run.encoder
-    if encoder.finetuned:
-        return ("finetuned", str(run.directory.resolve()))
-    return (encoder.name, encoder.weights, encoder.cells)
-
-
-def finetuned(runs: list[Run]) -> bool:
-    return any(run.encoder.finetuned for run in runs)
-
-
 def load_run_features(run: Run, data_root: str | Path, path: str | Path | None = None):
     """The feature cache of `run`'s encoder: `path`, else the one it was trained on, else (a run
     trained on another machine, e.g. the shipped model) `extract`'s default for `data_root`.
@@ -356,31 +286,3 @@ def load_run_features(run: Run, data_root: str | Path, path: str | Path | None =
     cache = load_feature_cache(path)
     cache.check_encoder(path, encoder.name, encoder.weights, grid=encoder.cells > 0)
     return cache, Path(path)
-
-
-def decoder_steps(runs: list[Run]):
-    """The step function of one run's decoder, or of an ensemble of several. It reads the
-    features `encoder_runs` describes: one encoder's, or with fine-tuned members the
-    concatenation of each distinct encoder's (each member its own columns)."""
-    from captioner.model.decoder import DecoderSteps, EnsembleSteps
-
-    members = [DecoderSteps(run.load_model()) for run in runs]
-    if len(members) == 1:
-        return members[0]
-    distinct, columns = encoder_runs(runs)
-    return EnsembleSteps(members, columns if len(distinct) > 1 else None)
-
-
-def runs_fingerprint(runs: list[Run]) -> str:
-    """A digest of everything that decides what the runs compute: each run's run.json,
-    vocabulary and weights files, in order (an export cached under it is theirs alone)."""
-    digest = hashlib.sha256()
-    for run in runs:
-        for name in (RUN_FILE, VOCABULARY_FILE, MODEL_FILE, WEIGHTS_FILE, ENCODER_FILE):
-            path = run.directory / name
-            if path.is_file():
-                digest.update(f"{len(name)}{name}{path.stat().st_size}".encode())
-                with path.open("rb") as file:
-                    for block in iter(lambda: file.read(1 << 20), b""):
-                        digest.update(block)
-    return digest.hexdigest()[:32]

@@ -40,15 +40,7 @@ from captioner.model.rundir import (
     save_run_info,
     write_json,
 )
-
-
-def seed_everything(seed: int) -> None:
-    """Same seed, same run: Python, numpy and backend draws, and deterministic TF kernels."""
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+from captioner.training.plots import plot_history
 
 
 def is_better(score: float, best: float | None, monitor: str) -> bool:
@@ -175,33 +167,6 @@ class RunRecorder:
         write_atomic(self.run_dir / TRAINING_CSV, text.getvalue().encode("utf-8"))
         if all("val_loss" in row and "loss" in row for row in self.history):
             plot_history(self.history, self.run_dir / PLOT_FILE)
-
-
-def plot_history(history: list[dict[str, float]], path: Path) -> None:
-    """loss.png: training and validation loss per epoch, and the learning rate beside them."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no window
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    figure, loss_axis = plt.subplots(figsize=(7, 4), dpi=100)
-    loss_axis.plot(epochs, [h["loss"] for h in history], "o-", label="training loss")
-    loss_axis.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation loss")
-    loss_axis.set_xlabel("epoch")
-    loss_axis.set_ylabel("cross-entropy per word")
-    rate_axis = loss_axis.twinx()
-    rate_axis.plot(epochs, [h["learning_rate"] for h in history], "k:", label="learning rate")
-    rate_axis.set_yscale("log")
-    rate_axis.set_ylabel("learning rate")
-    lines = loss_axis.get_legend_handles_labels()
-    rates = rate_axis.get_legend_handles_labels()
-    loss_axis.legend(lines[0] + rates[0], lines[1] + rates[1], loc="upper right")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    write_atomic(path, buffer.getvalue())
 
 
 # --- the checkpoint `train --resume` continues from --------------------------------------------

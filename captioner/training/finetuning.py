@@ -12,7 +12,8 @@ from pathlib import Path
 from captioner.data.datasets import Dataset, load_dataset
 from captioner.errors import RunError
 from captioner.model.rundir import EncoderInfo, Run, load_run
-from captioner.training.checkpoints import RunRecorder, seed_everything
+from captioner.training.checkpoints import RunRecorder
+from captioner.training.seeding import seed_everything
 
 
 @dataclass

@@ -34,10 +34,10 @@ from captioner.training.checkpoints import (
     read_checkpoint_state,
     restore_checkpoint,
     save_checkpoint,
-    seed_everything,
 )
 from captioner.training.distribute import is_chief, make_strategy, replicas
 from captioner.training.pipeline import count_batches, make_batches
+from captioner.training.seeding import seed_everything
 from captioner.training.validation import dev_scores_function
 
 Notes = Callable[[str], None] | None  # receives lines to show the user (the CLI: on stderr)
