@@ -75,7 +75,7 @@ def _load(config_path, assignments, **sections):
 
 def _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngram):
     """The runs (read once) and their decoding settings with the command line's on top."""
-    from captioner.model.rundir import load_runs
+    from captioner.model.ensembles import load_runs
 
     runs = load_runs(run_dirs)
     decode = runs[0].decoding(
@@ -92,7 +92,8 @@ def _runs_and_decoding(run_dirs, beam, max_length, length_penalty, no_repeat_ngr
 @click.option("--verbose", is_flag=True,
               help="Show TensorFlow's start-up and info log lines (hidden otherwise).")  # fmt: skip
 def cli(verbose):
-    """Image captioning: a CNN encoder, an LSTM decoder, a command per stage.
+    """Image captioning: a CNN encoder, a decoder (LSTM, attention, Up-Down or Transformer), a
+    command per stage.
 
     \b
       captioner extract --data ../flickr8k --encoder efficientnet_lite0
@@ -230,7 +231,8 @@ def train(
     config_path,
     assignments,
 ):
-    """Train the LSTM decoder on the train split, validating on dev each epoch.
+    """Train a decoder (model.decoder: lstm, attention, updown, transformer) on the train split,
+    validating on dev each epoch.
 
     \b
       captioner train --data ../flickr8k --encoder efficientnet_lite0 --epochs 20
@@ -321,8 +323,9 @@ def _echo_finetuned(what: str, s) -> None:
 
 
 @cli.command("finetune-encoder", context_settings=CONTEXT)
-@click.option("--run", "source_run", type=click.Path(),
-              help="The run to start from [default: the shipped model's first run].")  # fmt: skip
+@click.option("--run", "source_run", required=True, type=click.Path(),
+              help="The run to start from: a run of the pooled LSTM decoder (the shipped "
+              "model's runs read grids, which this cannot fine-tune).")  # fmt: skip
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False),
               help="Where the fine-tuned run goes (a new run directory).")  # fmt: skip
 @click.option(
@@ -417,7 +420,11 @@ def caption(images, run_dirs, output, shard, decode_batch, progress, save, atten
         from captioner.inference.api import attention_grid
 
         attention_grid(runs, "--attention")  # one line, before any photo is read
-    from captioner.inference.light import cached_light_captioner, export_light_in_background
+    from captioner.inference.light import (
+        cached_light_captioner,
+        export_light_in_background,
+        fast_start_note,
+    )
 
     # The light export's NumPy search carries no attention: --attention decodes here.
     light = None if output or attention else cached_light_captioner(runs)
@@ -438,8 +445,8 @@ def caption(images, run_dirs, output, shard, decode_batch, progress, save, atten
         else:
             click.echo(f"{result.path}\t{result.caption}")
             _draw(result, images, save, attention)
-    if light is None:
-        export_light_in_background(runs)  # for a fast start next time
+    if light is None and (started := export_light_in_background(runs)):
+        click.echo(fast_start_note(started), err=True)  # said once: when it starts
     if failures:
         sys.exit(1)
 
@@ -612,6 +619,30 @@ def _compact(value) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value)) or "none"
     return str(value)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--clear", is_flag=True, help="Delete it all (made again when needed).")
+def cache(clear):
+    """List what captioner keeps in its cache folder ($CAPTIONER_CACHE, else
+    ~/.cache/captioner), with sizes: converted encoder weights, and the light exports the fast
+    start of `captioner caption` makes. --clear deletes them.
+
+    \b
+      captioner cache
+      captioner cache --clear
+    """
+    from captioner.files import user_cache_dir
+    from captioner.info import cache_entries, clear_cache
+
+    if clear:
+        click.echo(f"cleared {user_cache_dir()}: {clear_cache() / 1e6:.1f} MB freed")
+        return
+    entries = cache_entries()
+    for entry in entries:
+        click.echo(f"{entry['bytes'] / 1e6:9.1f} MB  {entry['kind']:8} {entry['path']}")
+    total = sum(entry["bytes"] for entry in entries)
+    click.echo(f"{total / 1e6:9.1f} MB  in {user_cache_dir()}")
 
 
 @cli.command(context_settings=CONTEXT)

@@ -1,14 +1,15 @@
 """`captioner info`: what a feature cache or a run directory holds, as a dict (the CLI prints it
-as lines or as JSON)."""
+as lines or as JSON); `captioner cache`: what captioner keeps in the user's cache folder."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from captioner.errors import CacheError, CaptionerError
 from captioner.features.store import STORE_FILE, find_shards, load_feature_cache, missing_shards
-from captioner.files import what_is_wrong
+from captioner.files import user_cache_dir, what_is_wrong
 from captioner.model.rundir import (
     FILE_KINDS,
     HISTORY_FILE,
@@ -87,8 +88,10 @@ def describe_run(path: Path) -> dict:
         about["epochs"] = len([row for row in history if row.get("epoch", 0) > 0])
         if (path / SELECTION_FILE).is_file() and SELECTION_FILE not in damaged:
             about["best"] = _kept_epoch(history, path / SELECTION_FILE)
-    if "provenance" in run.info:
-        about["scores"] = run.info["provenance"].get("scores")
+    package = run.info.get("provenance", {}).get("package_scores")
+    if package:  # the shipped model: its own row, as the README gives it
+        about["test_scores"] = " ".join(f"{k} {v:.4f}" for k, v in package["scores"].items())
+        about["measured_by"] = package["command"]
     if damaged:
         about["damaged"] = damaged
     return about
@@ -108,3 +111,26 @@ def _kept_epoch(history: list[dict], selection_file: Path) -> dict:
     kept = next((row for row in history if row["epoch"] == selection["kept_epoch"]), {})
     scores = {key: value for key, value in kept.items() if key.startswith("val_")}
     return {"epoch": selection["kept_epoch"], "selected_by": selection["select_by"], **scores}
+
+
+def cache_entries() -> list[dict]:
+    """What captioner keeps in its user cache (captioner.files.user_cache_dir): converted
+    encoder weights and the fast start's light exports, each entry with its size in bytes."""
+    root = user_cache_dir()
+    if not root.is_dir():
+        return []
+    entries = []
+    for kind in sorted(p for p in root.iterdir()):
+        for entry in sorted(kind.iterdir()) if kind.is_dir() else [kind]:
+            files = [entry] if entry.is_file() else [f for f in entry.rglob("*") if f.is_file()]
+            entries.append({"path": str(entry), "kind": kind.name,
+                            "bytes": sum(f.stat().st_size for f in files)})  # fmt: skip
+    return entries
+
+
+def clear_cache() -> int:
+    """Deletes captioner's user cache; returns the bytes freed. Everything in it is made again
+    when needed (weights converted, light exports made by the next `captioner caption`)."""
+    freed = sum(entry["bytes"] for entry in cache_entries())
+    shutil.rmtree(user_cache_dir(), ignore_errors=True)
+    return freed

@@ -214,6 +214,10 @@ def test_caption_starts_from_a_cached_light_export_once_the_first_call_made_it(p
     first = python(CLI, "caption", *photos, cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr
     light = tmp_path / "cache" / "light"
+    # It says what it starts, once: where, what it costs, how to turn it off and undo it.
+    (note,) = [line for line in first.stderr.splitlines() if line.startswith("fast start:")]
+    assert f"into {light}" in note and "CAPTIONER_FAST_START=0" in note
+    assert "captioner cache --clear" in note
     deadline = time.monotonic() + 240  # the export runs on after the first call has ended
     while not [p for p in light.glob("*-onnx-1") if p.is_dir()]:
         assert time.monotonic() < deadline, list(light.iterdir())
@@ -221,8 +225,11 @@ def test_caption_starts_from_a_cached_light_export_once_the_first_call_made_it(p
     second = python(CLI_WITHOUT_TENSORFLOW, "caption", *photos, cwd=tmp_path, env=env)
     assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout  # the same captions, without TensorFlow
-    # A damaged export is set aside (the next TensorFlow call exports it again).
+    assert "fast start:" not in second.stderr
+    listed = python(CLI, "cache", cwd=tmp_path, env=env)
     (exported,) = [p for p in light.glob("*-onnx-1") if p.is_dir()]
+    assert f"light    {exported}" in listed.stdout and f"in {tmp_path / 'cache'}" in listed.stdout
+    # A damaged export is set aside (the next TensorFlow call exports it again).
     (exported / "step.onnx").write_bytes(b"damaged")
     broken = python(CLI_WITHOUT_TENSORFLOW, "caption", photos[0], cwd=tmp_path, env=env)
     assert broken.returncode != 0 and not exported.exists()  # it went for TensorFlow

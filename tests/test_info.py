@@ -73,3 +73,45 @@ def test_info_on_a_finetune_encoder_run_names_the_epoch_evaluate_scores(tuned_by
     assert result.exit_code == 0, result.output
     bleu4 = float(result.output.splitlines()[2].split()[3])
     assert bleu4 == pytest.approx(best["val_bleu4"], abs=1e-4)
+
+
+def test_cache_lists_what_is_kept_with_sizes_and_clears_it(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from captioner.cli import cli
+
+    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
+    export = tmp_path / "cache" / "light" / "abc-0.1.0-onnx-1"
+    export.mkdir(parents=True)
+    (export / "step.onnx").write_bytes(b"x" * 2_500_000)
+    (tmp_path / "cache" / "light" / "abc-0.1.0-onnx-1.log").write_bytes(b"started\n")
+    listed = CliRunner().invoke(cli, ["cache"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.splitlines() == [
+        f"      2.5 MB  light    {export}",
+        f"      0.0 MB  light    {export}.log",
+        f"      2.5 MB  in {tmp_path / 'cache'}",
+    ]
+    cleared = CliRunner().invoke(cli, ["cache", "--clear"])
+    assert cleared.output == f"cleared {tmp_path / 'cache'}: 2.5 MB freed\n"
+    assert not (tmp_path / "cache").exists()
+    assert CliRunner().invoke(cli, ["cache"]).output.endswith(f"0.0 MB  in {tmp_path / 'cache'}\n")
+
+
+def test_info_prints_the_shipped_package_s_own_readme_row():
+    """The README's row of the shipped model, `captioner evaluate`'s numbers for the 8-bit
+    package, is what `captioner info` says it scores (not the float32 runs' numbers)."""
+    import re
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from captioner.cli import cli
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if "shipped: the same in 8 bits" in line)
+    numbers = re.findall(r"\*\*(0\.\d{4})\*\*", row)
+    names = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"]
+    said = CliRunner().invoke(cli, ["info"]).output
+    expected = " ".join(f"{name} {number}" for name, number in zip(names, numbers, strict=True))
+    assert f"test_scores:     {expected}\n" in said

@@ -12,6 +12,7 @@ or tf2onnx (pip install -e ".[lite,export]").
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -21,16 +22,41 @@ import time
 from pathlib import Path
 
 from captioner.files import user_cache_dir
-from captioner.model.rundir import Run, runs_fingerprint
+from captioner.model.rundir import (
+    ENCODER_FILE,
+    MODEL_FILE,
+    RUN_FILE,
+    VOCABULARY_FILE,
+    WEIGHTS_FILE,
+    Run,
+)
 
 FAST_START_VARIABLE = "CAPTIONER_FAST_START"
+# The shipped pair's export, measured (docs/export.md, "The fast start"): what the first
+# caption's note says.
+EXPORT_COST = "for the shipped model about 40 s of CPU, 8 GB of memory at its peak, 104 MB"
 LIGHT_FORMAT = "onnx-1"  # a new export layout makes new names, never a misread old one
 
 
 def light_export_dir(runs: list[Run]) -> Path:
-    from captioner import __version__
+    from captioner.version import __version__
 
     return user_cache_dir() / "light" / f"{runs_fingerprint(runs)}-{__version__}-{LIGHT_FORMAT}"
+
+
+def runs_fingerprint(runs: list[Run]) -> str:
+    """A digest of everything that decides what the runs compute: each run's run.json,
+    vocabulary and weights files, in order (an export cached under it is theirs alone)."""
+    digest = hashlib.sha256()
+    for run in runs:
+        for name in (RUN_FILE, VOCABULARY_FILE, MODEL_FILE, WEIGHTS_FILE, ENCODER_FILE):
+            path = run.directory / name
+            if path.is_file():
+                digest.update(f"{len(name)}{name}{path.stat().st_size}".encode())
+                with path.open("rb") as file:
+                    for block in iter(lambda: file.read(1 << 20), b""):
+                        digest.update(block)
+    return digest.hexdigest()[:32]
 
 
 def _enabled(*modules: str) -> bool:
@@ -56,15 +82,16 @@ def cached_light_captioner(runs: list[Run]):
         return None
 
 
-def export_light_in_background(runs: list[Run]) -> None:
+def export_light_in_background(runs: list[Run]) -> Path | None:
     """Starts `captioner export --format onnx` into the cache, detached: this command does not
-    wait for it, and its output goes to a log file beside the export."""
+    wait for it, and its output goes to a log file beside the export. Returns the folder it
+    exports into, or None when it started nothing."""
     if not _enabled("onnxruntime", "tf2onnx"):
-        return
+        return None
     folder = light_export_dir(runs)
     log_file = folder.parent / f"{folder.name}.log"
     if folder.exists() or _started_lately(log_file):
-        return  # made, or being made (or failed) a moment ago: one export at a time
+        return None  # made, or being made (or failed) a moment ago: one export at a time
     shipped = runs[0].shipped and len(runs) == 1 + len(runs[0].info.get("ensemble", []))
     given = [] if shipped else [a for run in runs for a in ("--run", str(run.directory))]
     command = [sys.executable, "-m", "captioner", "export", str(folder), "--format", "onnx",
@@ -77,7 +104,16 @@ def export_light_in_background(runs: list[Run]) -> None:
             subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                              start_new_session=True)  # fmt: skip
     except OSError:  # a full disk or a read-only cache: the captions are out; next time, then
-        return
+        return None
+    return folder
+
+
+def fast_start_note(folder: Path) -> str:
+    """The one line `captioner caption` says when it starts a background export: what, what
+    it costs, and how to turn it off or undo it."""
+    return (f"fast start: exporting this model in the background into {folder} ({EXPORT_COST}) "
+            f"so that the next caption starts in about a second; {FAST_START_VARIABLE}=0 turns "
+            "this off, `captioner cache --clear` deletes it")  # fmt: skip
 
 
 # An export started this recently is left to finish (or, failed, is not retried at once): a
