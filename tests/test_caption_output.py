@@ -206,25 +206,27 @@ def one_line_error(*args) -> str:
 
 
 def test_bad_outputs_are_one_line_errors(tmp_path):
-    assert one_line_error("caption", tmp_path, "--output", "captions.txt") == (
+    album = write_photos(tmp_path / "album", 1)  # a photo: an empty folder is an error itself
+    assert one_line_error("caption", album, "--output", "captions.txt") == (
         "Error: captions.txt: unknown output format '.txt': use .jsonl, .csv, .tsv"
     )
     assert "unknown output format '(no suffix)'" in one_line_error(
-        "caption", tmp_path, "--output", "captions"
+        "caption", album, "--output", "captions"
     )
     (tmp_path / "other.csv").write_text("name,text\nx.jpg,hello\n")
-    assert one_line_error("caption", tmp_path, "--output", tmp_path / "other.csv") == (
+    assert one_line_error("caption", album, "--output", tmp_path / "other.csv") == (
         f"Error: {tmp_path / 'other.csv'}:1: not a captions file (its header is not "
         "image,caption,error): give another --output"
     )
     (tmp_path / "file").write_text("")
-    assert one_line_error("caption", tmp_path, "--output", tmp_path / "file" / "x.csv") == (
+    unwritable = tmp_path / "file" / "x.csv"
+    assert one_line_error("caption", album, "--output", unwritable, "--no-progress") == (
         f"Error: {tmp_path / 'file' / 'x.csv'}: cannot write it (File exists)"
     )
-    assert one_line_error("caption", tmp_path, "--output", "x.csv", "--save", "out") == (
+    assert one_line_error("caption", album, "--output", "x.csv", "--save", "out") == (
         "Error: --save draws photos one at a time: use it without --output"
     )
-    assert one_line_error("caption", tmp_path, "--shard", "3/2") == (
+    assert one_line_error("caption", album, "--shard", "3/2") == (
         "Error: --shard 3/2: expected I/N with 1 <= I <= N, e.g. 1/4"
     )
 

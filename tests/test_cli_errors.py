@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from click.testing import CliRunner
 
@@ -130,3 +132,34 @@ def test_captions_that_clean_to_nothing_are_told_and_most_of_them_refused(tmp_pa
                                f"{captions}:4)")  # fmt: skip
         assert line.endswith("check that the file holds the captions as UTF-8 text in its "
                              "caption column")  # fmt: skip
+
+
+def test_a_folder_without_photos_is_one_line_on_stderr(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no photo here")
+    (tmp_path / "empty" / ".hidden.jpg").write_bytes(b"")
+    for output in ([], ["--output", tmp_path / "captions.csv"]):
+        result = CliRunner().invoke(cli, [str(a) for a in ["caption", tmp_path / "empty", *output]])
+        assert result.exit_code == 1 and result.stdout == "", result.output
+        assert result.stderr == (
+            f"Error: {tmp_path / 'empty'}: no photos found: captioner looks for files ending in "
+            ".bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp (any case) in these folders and "
+            "their subfolders, leaving out hidden ones\n"
+        )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty"]  # no output, no lock
+
+
+def test_a_bad_option_value_is_clicks_usage_error_and_exit_2():
+    """Usage errors keep click's convention, as docs/errors.md says: usage, hint, exit 2."""
+    result = CliRunner().invoke(cli, ["caption", "--beam", "0", "x.jpg"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1].startswith("Error: Invalid value for '--beam': 0 ")
+    assert result.stderr.startswith("Usage: ") and "Traceback" not in result.output
+
+
+def test_finetune_encoder_needs_a_run():
+    """The shipped model's runs read grids, which finetune-encoder cannot train: no default."""
+    result = CliRunner().invoke(cli, ["finetune-encoder", "--run-dir", "nowhere"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1] == "Error: Missing option '--run'."
+    assert not Path("nowhere").exists()

@@ -23,7 +23,8 @@ from captioner.data.caption_check import checked_dataset
 from captioner.data.images import batches_of_images
 from captioner.data.shards import Shard
 from captioner.errors import CacheError
-from captioner.features.store import CacheInfo, CacheWriter, load_feature_cache
+from captioner.features.store import STORE_FILE, CacheInfo, CacheWriter, load_feature_cache
+from captioner.locks import WriterLock
 
 # A killed extraction loses at most this much work: a part is written every minute, or sooner
 # when it reaches _PART_BYTES (a grid's minute of rows can be half a gigabyte).
@@ -80,25 +81,46 @@ def extract_features(
     get_encoder(encoder.name)  # an unknown name fails before the dataset is read
     dataset = checked_dataset(data_root, text or TextConfig(), notes)
     cache_path = Path(cache_path)
+    with _only_writer(cache_path, shard):  # from reading what is cached to the done marker
+        cache = _cache_to_extend(cache_path, encoder, mirror, grid)
+        mine = shard.select(sorted(dataset.captions))
+        names = [name for name in mine if cache is None or name not in cache]
+        summary = ExtractSummary(cache_path, 0, len(mine) - len(names), {}, 0.0, shard)
+        if names or cache is None:
+            paths = [dataset.image_path(name) for name in names]
+            _encode_into_cache(cache_path, encoder, names, paths, summary, progress, mirror, grid)
+        else:  # a run killed after its last part: only the shard's done marker was missing
+            CacheWriter(cache_path, cache.info, shard).finish(summary.already_cached, {})
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _only_writer(cache_path: Path, shard: Shard) -> WriterLock:
+    """The shard's lock, `.shard-I-of-N.lock` in the cache folder (made here if need be): two
+    processes extracting one shard would each encode the photos the other encodes, and the
+    cache would hold them twice. Other shards have locks of their own and run at once."""
     if cache_path.is_file():
         raise CacheError(
             f"{cache_path}: a one-file cache of captioner 0.1; `extract` now writes a folder: "
             "give --features a new path (or delete this file) and extract again"
         )
-    cache = None
-    if cache_path.exists():
-        cache = load_feature_cache(cache_path)
-        cache.check_encoder(cache_path, encoder.name, encoder.weights, mirror, grid)
-    mine = shard.select(sorted(dataset.captions))
-    names = [name for name in mine if cache is None or name not in cache]
-    summary = ExtractSummary(cache_path, 0, len(mine) - len(names), {}, 0.0, shard)
-    if names or cache is None:
-        paths = [dataset.image_path(name) for name in names]
-        _encode_into_cache(cache_path, encoder, names, paths, summary, progress, mirror, grid)
-    else:  # a run killed after its last part: only the shard's done marker was missing
-        CacheWriter(cache_path, cache.info, shard).finish(summary.already_cached, {})
-    summary.seconds = time.perf_counter() - start
-    return summary
+    cache_path.mkdir(parents=True, exist_ok=True)
+    what = cache_path if shard.whole else f"{cache_path} (shard {shard})"
+    return WriterLock(cache_path / f".shard-{shard.index}-of-{shard.count}.lock", what,
+                      "wait for it to end or stop it")  # fmt: skip
+
+
+def _cache_to_extend(cache_path: Path, encoder: EncoderConfig, mirror, grid):
+    """The cache already in the folder, None if there is none yet: an empty folder, or one that
+    holds only hidden files (the locks of shards that started, the store.json another shard's
+    process is writing). Other shards may be missing or unfinished: they are not this one's."""
+    if not (cache_path / STORE_FILE).is_file() and all(
+        entry.name.startswith(".") for entry in cache_path.iterdir()
+    ):
+        return None
+    cache = load_feature_cache(cache_path, whole=False)  # anything else: not a cache, refused
+    cache.check_encoder(cache_path, encoder.name, encoder.weights, mirror, grid)
+    return cache
 
 
 def _encode_into_cache(cache_path, encoder: EncoderConfig, names, paths, summary,

@@ -9,6 +9,8 @@ On disk a cache is a folder (`data/<dataset>-<encoder>[-mirrored][-grid]/` by de
     shard-I-of-N.<id>.json          the part's photo names, in row order; written after its .npy,
                                     so a part without its .json is ignored (a killed write)
     shard-I-of-N.done.json          shard I of N finished: its photo count and unreadable photos
+    .shard-I-of-N.lock              the lock of the `extract` writing shard I of N, while it runs
+                                    (captioner.locks): a second process of that shard refuses
 
 `extract` appends a part every minute (or 256 MB), so a killed run keeps what it finished and
 the next resumes. `extract --shard I/N` writes only shard I's parts: shards run anywhere (several
@@ -163,9 +165,10 @@ class FeatureRows:
 # --- reading -------------------------------------------------------------------------------
 
 
-def load_feature_cache(path: str | Path) -> FeatureCache:
+def load_feature_cache(path: str | Path, whole: bool = True) -> FeatureCache:
     """Reads a cache folder written by `extract`; raises CacheError for anything else, naming
-    what is wrong."""
+    what is wrong. whole=False: a cache whose shards are still being extracted (by `extract`,
+    which reads its own shard's photos from it): a shard with nothing in it yet is no error."""
     path = Path(path)
     if path.is_file():
         raise CacheError(f"{path}: a file, not a feature cache (a folder with store.json): run "
@@ -174,7 +177,7 @@ def load_feature_cache(path: str | Path) -> FeatureCache:
         what = "not a feature cache (no store.json)" if path.is_dir() else "feature cache not found"
         raise CacheError(f"{path}: {what}: run `captioner extract` first")
     info = _read_info(path)
-    shards = _read_shards(path)
+    shards = _read_shards(path, whole)
     parts: list[np.ndarray] = []
     row_of: dict[str, int] = {}
     for part_json in sorted(path.glob("shard-*-of-*.*.json")):
@@ -215,15 +218,15 @@ def missing_shards(found: dict[Shard, bool]) -> list[Shard]:
     return [Shard(i, count) for i in range(1, count + 1) if Shard(i, count) not in found]
 
 
-def _read_shards(path: Path) -> dict[Shard, bool]:
-    """find_shards, refusing a set that mixes shard counts or lacks a shard."""
+def _read_shards(path: Path, whole: bool = True) -> dict[Shard, bool]:
+    """find_shards, refusing a set that mixes shard counts or (if `whole`) lacks a shard."""
     found = find_shards(path)
     counts = sorted({shard.count for shard in found})
     if len(counts) > 1:
         raise CacheError(
             f"{path}: mixes shards of {' and '.join(map(str, counts))}: keep one --shard I/N count"
         )
-    missing = missing_shards(found) if found else []
+    missing = missing_shards(found) if found and whole else []
     if missing:
         raise CacheError(
             f"{path}: shard {missing[0]} is missing: run `captioner extract --shard "

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from captioner.config import DecodeConfig
-from captioner.data.images import Photo, find_photos
+from captioner.data.images import IMAGE_SUFFIXES, Photo, find_photos
 from captioner.data.shards import Shard
-from captioner.errors import ConfigError
+from captioner.errors import ConfigError, DataError
 from captioner.inference.caption_files import CaptionWriter, output_format, read_names
 from captioner.locks import WriterLock
 from captioner.model.rundir import Run
@@ -53,9 +53,17 @@ class CaptionFileSummary:
 
 
 def select_photos(inputs: Iterable[str | Path], shard: Shard | None = None) -> list[Photo]:
-    """The photos of `inputs` (files, or folders searched below) that belong to `shard`."""
+    """The photos of `inputs` (files, or folders searched below) that belong to `shard`; raises
+    DataError if `inputs` hold none at all (folders without an image file, or no input)."""
     shard = shard or Shard()
-    return [photo for photo in find_photos(list(inputs)) if shard.holds(photo.name)]
+    inputs = list(inputs)
+    photos = find_photos(inputs)
+    if not photos:
+        where = ", ".join(map(str, inputs)) or "no path given"
+        raise DataError(f"{where}: no photos found: captioner looks for files ending in "
+                        f"{', '.join(sorted(IMAGE_SUFFIXES))} (any case) in these folders and "
+                        "their subfolders, leaving out hidden ones")  # fmt: skip
+    return [photo for photo in photos if shard.holds(photo.name)]
 
 
 def make_captioner(
@@ -75,7 +83,7 @@ def make_captioner(
         return lambda photos: _chunks_of_captions(photos, model, model.decoder, BATCH_OF_LIGHT,
                                                   decode_batch)  # fmt: skip
     from captioner.inference.api import Captioner
-    from captioner.model.rundir import load_runs
+    from captioner.model.ensembles import load_runs
 
     captioner = Captioner(load_runs(run_dirs))
     decode = decode or captioner.decoding()

@@ -233,8 +233,9 @@ def finetune_encoder(
     """Trains a run's encoder and decoder together from the photos into a new run directory.
 
     Args:
-        source_run: a run directory (trained on cached features, or fine-tuned before); None:
-            the first member of the shipped model.
+        source_run: a run directory of the pooled LSTM decoder (trained on cached features,
+            or fine-tuned before); None: the shipped model's first run, which reads grids and
+            is refused (ConfigError).
         run_dir: the new run (created); `caption`, `evaluate`, `serve` and the Python API use
             it, and its own encoder, like any other.
         config: the [encoder_finetune] settings.
