@@ -25,7 +25,7 @@ from captioner.model.rundir import (
 )
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "captioner" / "reference"
-SIZE_LIMIT_MB = 25
+SIZE_LIMIT_MIB = 25  # MiB, 2^20 bytes (docs/results.md's package sizes)
 
 
 def ship(run: Path, folder: Path, provenance: dict, decode: dict, ensemble=(), dtype="float16"):
@@ -85,9 +85,9 @@ def main():
         ship(Path(run), PACKAGE_DIR / folder, provenance, decode, dtype=args.weights)
     ship(Path(args.run), PACKAGE_DIR, provenance, decode, ensemble=members, dtype=args.weights)
     size = sum(p.stat().st_size for p in PACKAGE_DIR.rglob("*") if p.is_file()) / 2**20
-    print(f"shipped {provenance['runs']} -> {PACKAGE_DIR} ({size:.1f} MB)")
-    if size > SIZE_LIMIT_MB:
-        raise SystemExit(f"the shipped model is over {SIZE_LIMIT_MB} MB")
+    print(f"shipped {provenance['runs']} -> {PACKAGE_DIR} ({size:.1f} MiB)")
+    if size > SIZE_LIMIT_MIB:
+        raise SystemExit(f"the shipped model is over {SIZE_LIMIT_MIB} MiB")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,11 @@ def test_decoding_options_are_query_parameters(client, shipped_captioner):
         ("no_repeat_ngram=-1", "no_repeat_ngram: -1 is not between 0 and 10"),
         ("max_length=1000", "max_length: 1000 is not between 1 and 200"),
         ("beam=1&beam=2", "beam: given more than once"),
-        ("temperature=2", "unknown parameter 'temperature' (valid: beam, length_penalty, "),
+        (
+            "temperature=2",
+            "unknown parameter 'temperature' (valid: beam, max_length, "
+            "length_penalty, no_repeat_ngram, attention)",
+        ),
     ],
 )
 def test_bad_decoding_values_are_400(client, query, message):

@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from captioner.config import ServeConfig
+from captioner.config import DECODE_RANGES, ServeConfig
 from captioner.data.images import IMAGE_FORMATS, decode_image
 from captioner.errors import ConfigError, ImageError, ImageTooLarge
 from captioner.inference.api import Captioner, attention_grid
@@ -44,11 +44,9 @@ from captioner.serving.batcher import Batcher
 
 # Decoding options as query parameters: name -> (type, what a value must be).
 QUERY_OPTIONS = {
-    "beam": (int, "a whole number"),
-    "length_penalty": (float, "a number"),
-    "no_repeat_ngram": (int, "a whole number"),
-    "max_length": (int, "a whole number"),
-}
+    name: (int, "a whole number") if isinstance(low, int) else (float, "a number")
+    for name, (_, low, _high) in DECODE_RANGES.items()
+}  # the decoding settings, their types read from their ranges (config.DECODE_RANGES)
 # Query parameters that are not decoding settings: name -> what it asks for.
 QUERY_FLAGS = {"attention": "each word's attention weights (0 or 1)"}
 # Digits kept of each attention weight in the JSON: maps to draw, not to compute with.
@@ -129,7 +127,7 @@ class _Service:
         return HTMLResponse(self.page_html)
 
     async def health(self, request: Request) -> JSONResponse:
-        from captioner import __version__
+        from captioner.version import __version__
 
         s = self.settings
         limits = {"max_upload_mb": s.max_upload_mb, "max_files": s.max_files}
