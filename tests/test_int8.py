@@ -44,3 +44,49 @@ def test_an_embedding_is_scaled_by_word_where_that_errs_less():
     embedding[:10] *= 50  # a few words with long vectors would crush the others' resolution
     q, scale = quantize_int8(embedding)
     assert scale.shape == (500, 1) and q.dtype == np.int8
+
+
+def test_an_onnx_export_keeps_int8_matrices_and_computes_the_same_numbers(tmp_path):
+    """A float32 initializer that is an int8 matrix dequantized (whole, transposed or a block of
+    its rows, as tf2onnx and grappler leave them) becomes int8 + scales + DequantizeLinear; the
+    runtime's session then computes the very same outputs."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from captioner.export.int8_onnx import keep_int8
+    from captioner.model.int8 import dequantize_int8
+
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(96, 128)).astype(np.float32)  # per column: (1, 128) scales
+    embedding = rng.normal(size=(200, 64)).astype(np.float32) * rng.uniform(0.1, 3, (200, 1))
+    pairs = [quantize_int8(kernel), quantize_int8(embedding.astype(np.float32))]
+    k, e = (dequantize_int8(q, s) for q, s in pairs)
+    inits = {"k": k, "k_block": k[32:64], "e_t": np.ascontiguousarray(e.T)}  # (64, 200)
+    nodes = [helper.make_node("MatMul", ["x", "k"], ["a"]),
+             helper.make_node("MatMul", ["y", "k_block"], ["b"]),
+             helper.make_node("MatMul", ["z", "e_t"], ["c"])]  # fmt: skip
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, d])
+              for n, d in (("x", 96), ("y", 32), ("z", 64))]  # fmt: skip
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, None]) for n in "abc"]
+    initializers = [numpy_helper.from_array(v, n) for n, v in inits.items()]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    feed = {"x": rng.normal(size=(5, 96)).astype(np.float32),
+            "y": rng.normal(size=(5, 32)).astype(np.float32),
+            "z": rng.normal(size=(5, 64)).astype(np.float32)}  # fmt: skip
+    before = onnxruntime.InferenceSession(str(path)).run(None, feed)
+    size = path.stat().st_size
+    assert keep_int8(path, pairs) == 3
+    assert path.stat().st_size < 0.4 * size
+    kept = onnx.load(str(path))
+    assert [n.op_type for n in kept.graph.node].count("DequantizeLinear") == 3
+    assert all(i.data_type != TensorProto.FLOAT or np.prod(i.dims) < 4096
+               for i in kept.graph.initializer)  # fmt: skip
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.disable_quant_qdq", "1")  # as the runtime sets
+    after = onnxruntime.InferenceSession(str(path), options).run(None, feed)
+    for old, new in zip(before, after):
+        np.testing.assert_array_equal(old, new)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from captioner.errors import ConfigError
+from captioner.export.int8_onnx import int8_matrices, keep_int8
 from captioner.model.ensembles import decoder_steps, encoder_runs
 from captioner.model.rundir import Run
 
@@ -65,8 +66,10 @@ def write_onnx(runs: list[Run], folder: Path) -> None:
         raise ConfigError("--format onnx needs tf2onnx: pip install 'captioner[export]'") from None
     with tf.device("/cpu:0"):
         start, step = start_and_step_functions(runs)
+        int8 = int8_matrices(runs)  # kept in 8 bits in the graph, as in the package
         for name, function in (("start", start), ("step", step)):
             tf2onnx.convert.from_function(
                 function, input_signature=function.input_signature, opset=OPSET,
                 output_path=str(folder / f"{name}.onnx"),
             )  # fmt: skip
+            keep_int8(folder / f"{name}.onnx", int8)
