@@ -1,34 +1,111 @@
-"""Training cost of the grid decoders side by side: attention, Up-Down and the Transformer.
+"""Training cost of the decoders side by side: the plain LSTM and the grid decoders (attention,
+Up-Down, the Transformer), in float32 and mixed_bfloat16, the code as it is against the code
+as first written.
 
-In one run, each decoder built as its Flickr8k recipe builds it (configs/flickr8k-*.toml: the
-attention decoder and Up-Down 512 wide with dropout 0.6, the Transformer from [transformer]'s
-defaults) over Lite1's 8 x 8 grid of 1,280 channels and Flickr8k's 2,535 words, compiled as
-`captioner train` compiles it, and timed on the same random batches of 64 captions of 16 words
-(the length of a typical bucket): the median of --steps train steps after one that compiles.
-Prints the weights, the milliseconds per batch and each one's ratio to the attention decoder.
-The ratios, not the milliseconds, carry over to a machine that is busy with something else.
+In one process, each decoder built as its Flickr8k recipe builds it (configs/flickr8k*.toml:
+the LSTM, the attention decoder and Up-Down 512 wide, the attention decoder with dropout 0.6,
+the Transformer from [transformer]'s defaults) over Lite1's 8 x 8 grid of 1,280 channels (the
+LSTM: their mean) and Flickr8k's 2,535 words, compiled as `captioner train` compiles it, and
+timed on the same random batch of 64 captions of 16 words (the length of a typical bucket):
+the median of --steps train steps after two that compile and warm up. Where a decoder's code
+has a first-written path (`first_written`: Up-Down's products inside its loop, the attention
+einsum), that model is built from the same seed and timed in turns with the current one, step
+for step, and their first losses are compared (the same arithmetic: equal to float rounding).
 
-    python scripts/bench_grid_decoders.py
-    python scripts/bench_grid_decoders.py --steps 20 --only updown transformer
+Printed per decoder and precision: the weights; the work per batch counted from the layer
+sizes (multiply-adds x 2, the backward pass counted as twice the forward); the milliseconds per
+step as first written and now, and their ratio; the process's CPU milliseconds per step (both
+cores; steadier than the wall clock when the machine is shared); the share of the float32
+2,048 x 2,048 matrix-product rate measured in the same process (the better of a run before and
+one after the decoders, each the best of short bursts) that the work per batch reached now.
+Then each decoder's milliseconds now as a ratio to the attention decoder's.
+
+    python scripts/bench_grid_decoders.py                     # everything: a few minutes
+    python scripts/bench_grid_decoders.py --steps 5 --only updown --precision float32
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 import time
 
 from captioner.config import load_config
 
 CONFIGS = {
+    "lstm": ("configs/flickr8k.toml", ()),
     "attention": ("configs/flickr8k-attention.toml", ("model.dropout=0.6",)),
     "updown": ("configs/flickr8k-updown.toml", ()),
     "transformer": ("configs/flickr8k-transformer.toml", ()),
 }
+PRECISIONS = ("float32", "mixed_bfloat16")
 VOCABULARY, CELLS, CHANNELS, BATCH, WORDS = 2535, 64, 1280, 64, 16
 
 
-def milliseconds_per_batch(name: str, steps: int) -> tuple[int, float]:
+def training_flops(name: str, config, first_written: bool = False) -> float:
+    """Floating-point operations of one train step on BATCH captions of WORDS words: 3 x the
+    forward pass's multiply-adds x 2 (element-wise work, softmaxes and the optimizer are not
+    counted). first_written: Up-Down with the mean cell's product at every word."""
+    m, v, p, c = config.model, VOCABULARY, CELLS, CHANNELS
+    e, u, a = m.embedding_dim, m.units, m.attention_dim
+    if name == "lstm":
+        caption = c * u + 2 * u * u  # image -> projection -> h0, c0
+        word = 4 * (e + u) * u + u * v + (u * u if m.hidden_layer else 0)
+    elif name == "attention":
+        caption = c * u + 2 * u * u + p * c * u + p * u * a  # + cells projected, their keys
+        width = 2 * u  # [h; context] into the head
+        word = 4 * (e + u) * u + (u * a + p * a + p * u) + width * v
+        word += width * u + u * v - width * v if m.hidden_layer else 0
+    elif name == "updown":
+        ua, ul = config.updown.attention_units, config.updown.language_units
+        caption = p * c * u + p * u * a + (0 if first_written else u * 4 * ua)
+        word = 4 * ua * (ul + e + ua) + (4 * ua * u if first_written else 0)
+        word += ua * a + p * a + p * u  # the attention: query, scores, context
+        word += 4 * ul * (u + ua + ul) + ul * v
+    elif name == "transformer":
+        t = config.transformer
+        w, f = t.width, t.feed_forward
+        caption = p * c * w + t.blocks * p * w * 2 * w  # cells projected, each block's keys/values
+        block = 3 * w * w + 2 * WORDS * w + w * w  # causal self-attention (all T rows computed)
+        block += w * w + 2 * p * w + w * w + 2 * w * f  # cross-attention, feed-forward
+        word = t.blocks * block + w * v
+    else:
+        raise ValueError(name)
+    return 3 * 2 * (BATCH * caption + BATCH * WORDS * word)
+
+
+def as_first_written(model) -> bool:
+    """Switches the model's layers that have one to their first-written path (before compiling
+    or the first call); False if none has."""
+    layers = [layer for layer in model.layers if hasattr(layer, "first_written")]
+    for layer in layers:
+        layer.first_written = True
+    return bool(layers)
+
+
+def matmul_rate(seconds: float, dtype: str = "float32", size: int = 2048) -> float:
+    """FLOP/s of size x size matrix products through TensorFlow in this process: the best of
+    bursts of 5 products over `seconds` (on a shared machine, the least disturbed one)."""
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.normal([size, size]), dtype)
+    b = tf.cast(tf.random.normal([size, size]), dtype)
+    product = tf.function(lambda a, b: tf.matmul(a, b))
+    product(a, b).numpy()
+    best, start = 0.0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        burst = time.perf_counter()
+        for _ in range(5):
+            product(a, b).numpy()
+        best = max(best, 5 * 2 * size**3 / (time.perf_counter() - burst))
+    return best
+
+
+def time_decoder(name: str, precision: str, steps: int) -> dict:
+    """Builds the decoder (and its first-written twin, if it has one) under `precision`, and
+    times their train steps in turns on the same batch."""
     import keras
     import numpy as np
 
@@ -36,32 +113,105 @@ def milliseconds_per_batch(name: str, steps: int) -> tuple[int, float]:
     from captioner.training.train import compile_decoder
 
     config = load_config(*CONFIGS[name])
-    keras.utils.set_random_seed(0)
-    model = build_decoder(config.model, VOCABULARY, CELLS * CHANNELS, CELLS,
-                          updown=config.updown, transformer=config.transformer)  # fmt: skip
-    compile_decoder(model, config.train)
-    rng = np.random.default_rng(0)
-    features = rng.random((BATCH, CELLS * CHANNELS), np.float32)
-    words = rng.integers(4, VOCABULARY, (BATCH, WORDS), dtype=np.int32)
-    model.train_on_batch([features, words], words)  # compiles
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        model.train_on_batch([features, words], words)
-        times.append(time.perf_counter() - start)
-    return model.count_params(), 1000 * statistics.median(times)
+    cells = 0 if name == "lstm" else CELLS
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        models = {}
+        for variant in ("now", "first"):
+            keras.utils.set_random_seed(0)  # the same weights and dropout draws for both
+            model = build_decoder(config.model, VOCABULARY, max(cells, 1) * CHANNELS, cells,
+                                  updown=config.updown, transformer=config.transformer)  # fmt: skip
+            if variant == "first" and not as_first_written(model):
+                break
+            compile_decoder(model, config.train)
+            models[variant] = model
+        rng = np.random.default_rng(0)
+        batch = [rng.random((BATCH, max(cells, 1) * CHANNELS), np.float32),
+                 rng.integers(4, VOCABULARY, (BATCH, WORDS), dtype=np.int32)]  # fmt: skip
+        first_loss = {v: float(m.train_on_batch(batch, batch[1])[0]) for v, m in models.items()}
+        for model in models.values():
+            model.train_on_batch(batch, batch[1])  # warm
+        wall = {variant: [] for variant in models}
+        cpu = {variant: [] for variant in models}
+        for _ in range(steps):
+            for variant, model in models.items():
+                start, start_cpu = time.perf_counter(), time.process_time()
+                model.train_on_batch(batch, batch[1])
+                wall[variant].append(time.perf_counter() - start)
+                cpu[variant].append(time.process_time() - start_cpu)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    result = {
+        "weights": models["now"].count_params(),
+        "flops": training_flops(name, config),
+        "ms": {v: 1000 * statistics.median(times) for v, times in wall.items()},
+        "cpu_ms": {v: 1000 * statistics.median(times) for v, times in cpu.items()},
+    }
+    if "first" in models:
+        result["flops_first"] = training_flops(name, config, first_written=True)
+        result["loss_difference"] = abs(first_loss["now"] - first_loss["first"])
+    return result
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), "")
+    flags = next((line for line in lines if line.startswith("flags")), "").split()
+    extras = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
+    return f"{name}, {os.cpu_count()} logical CPUs, {' '.join(extras)}"
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=10)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    parser.add_argument("--matmul-seconds", type=float, default=3.0)
     args = parser.parse_args()
-    results = {name: milliseconds_per_batch(name, args.steps) for name in args.only}
-    reference = results.get("attention", next(iter(results.values())))[1]
-    print(f"{'decoder':12} {'weights':>10} {'ms/batch':>9} {'ratio':>6}")
-    for name, (weights, ms) in results.items():
-        print(f"{name:12} {weights:>10,} {ms:>9.0f} {ms / reference:>6.2f}")
+
+    print(f"CPU: {cpu_name()}; load average {os.getloadavg()[0]:.2f} at the start")
+    rates = [matmul_rate(args.matmul_seconds)]
+    results = {(name, precision): time_decoder(name, precision, args.steps)
+               for precision in args.precision for name in args.only}  # fmt: skip
+    rates.append(matmul_rate(args.matmul_seconds))
+    bf16_rate = matmul_rate(args.matmul_seconds, "bfloat16")
+    rate = max(rates)
+    print(f"float32 2048 x 2048 matmul: {rates[0] / 1e9:.0f} GFLOP/s before the decoders, "
+          f"{rates[1] / 1e9:.0f} after (bfloat16: {bf16_rate / 1e9:.0f}); load average "
+          f"{os.getloadavg()[0]:.2f} at the end")  # fmt: skip
+    print()
+    header = ("| decoder | precision | weights | GFLOP/step | ms first written | ms now | ratio "
+              "| CPU ms first written | CPU ms now | CPU ratio | share of f32 matmul rate "
+              "| first loss difference |")  # fmt: skip
+    print(header)
+    print("|" + " --- |" * (header.count("|") - 1))
+    for (name, precision), r in results.items():
+        ms, cpu = r["ms"], r["cpu_ms"]
+        first = "first" in ms
+        cells = [
+            name,
+            precision,
+            f"{r['weights']:,}",
+            f"{r['flops'] / 1e9:.1f}" + (f" ({r['flops_first'] / 1e9:.1f})" if first else ""),
+            f"{ms['first']:.0f}" if first else "—",
+            f"{ms['now']:.0f}",
+            f"{ms['now'] / ms['first']:.2f}" if first else "—",
+            f"{cpu['first']:.0f}" if first else "—",
+            f"{cpu['now']:.0f}",
+            f"{cpu['now'] / cpu['first']:.2f}" if first else "—",
+            f"{r['flops'] / (ms['now'] / 1000) / rate:.1%}",
+            f"{r['loss_difference']:.1e}" if first else "—",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    for precision in args.precision:  # as docs/results.md compares the decoders' cost
+        now = {name: r["ms"]["now"] for (name, p), r in results.items() if p == precision}
+        if "attention" in now:
+            ratios = ", ".join(f"{name} {ms / now['attention']:.2f}" for name, ms in now.items())
+            print(f"{precision}, ms now as a ratio to the attention decoder's: {ratios}")
 
 
 if __name__ == "__main__":

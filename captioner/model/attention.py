@@ -21,9 +21,12 @@ from keras import layers, ops
 class RegionAttention(layers.Layer):
     """[h (B, T, U) or (B, U), keys K r (B, P, A), regions r (B, P, R)] -> context (B, [T,] R)."""
 
-    def __init__(self, size: int, **kwargs):
+    def __init__(self, size: int, first_written: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.size = size
+        # Not part of the config: True attends as first written (einsum, sliced axes), to
+        # compare against (tests/test_grid_speed.py, scripts/bench_grid_decoders.py).
+        self.first_written = first_written
         self.query = layers.Dense(size, name="query")
         self.score = layers.Dense(1, name="score")
 
@@ -40,7 +43,21 @@ class RegionAttention(layers.Layer):
 
     def attend(self, h, keys, regions):
         """h (B, T, U) -> context (B, T, R) and the weights (B, T, P) over the cells: what
-        `call` computes, with the weights that decoding shows (captioner.model.decoder)."""
+        `call` computes, with the weights that decoding shows (captioner.model.decoder).
+
+        The same sums as first written (`attend_as_first_written`) in cheaper operations:
+        axes added and dropped by reshaping, whose gradient is a reshape too, not a copy into
+        zeros; the context as a batched matrix product, not an einsum (at one word, inside
+        Up-Down's loop, TensorFlow's einsum and its gradient took twice as long)."""
+        if self.first_written:
+            return self.attend_as_first_written(h, keys, regions)
+        query = ops.expand_dims(self.query(h), 2)  # (B, T, 1, A)
+        energy = ops.tanh(ops.expand_dims(keys, 1) + query)  # (B, T, P, A)
+        weights = ops.softmax(ops.squeeze(self.score(energy), -1), axis=-1)  # (B, T, P)
+        return ops.matmul(weights, regions), weights
+
+    def attend_as_first_written(self, h, keys, regions):
+        """`attend` as first written."""
         energy = ops.tanh(keys[:, None] + self.query(h)[:, :, None])  # (B, T, P, A)
         weights = ops.softmax(self.score(energy)[..., 0], axis=-1)  # (B, T, P)
         return ops.einsum("btp,bpr->btr", weights, regions), weights

@@ -235,21 +235,22 @@ class _LstmDesign:
 
 
 class _UpDownDesign:
-    """State: the two LSTMs' [h, c] each, then the photo's regions, keys and mean region."""
+    """State: the two LSTMs' [h, c] each, then the photo's regions, keys and its share of the
+    attention LSTM's gates (the mean cell's product and the bias): all three computed once,
+    before the first word (captioner.model.updown)."""
 
     def __init__(self, model):
         self.model, self._core = model, model.get_layer("updown")
 
     def initial_state(self, features):
-        import tensorflow as tf
-
         regions = _projected_grid(self.model, features)
         keys = self.model.get_layer("region_keys")(regions)
-        return [*self._core.initial_state(regions), regions, keys, tf.reduce_mean(regions, 1)]
+        photo_gates = self._core.photo_gates(regions)
+        return [*self._core.initial_state(regions), regions, keys, photo_gates]
 
     def advance(self, x, state):
-        regions, keys, mean_region = state[4:]
-        output, core_state, weights = self._core.step(x, state[:4], keys, regions, mean_region)
+        regions, keys, photo_gates = state[4:]
+        output, core_state, weights = self._core.step(x, state[:4], keys, regions, photo_gates)
         return output, [*core_state, *state[4:]], weights
 
 
@@ -273,7 +274,7 @@ class EnsembleSteps:
     every step, inside greedy or beam search. Members must share the vocabulary.
 
     columns: each member's slice of the features, when members read different encoders' (runs
-    with fine-tuned encoders: captioner.model.rundir.encoder_runs); None: all read all of them.
+    with fine-tuned encoders: captioner.model.ensembles.encoder_runs); None: all read all of them.
     """
 
     def __init__(self, members: list[DecoderSteps], columns: list[slice] | None = None):
