@@ -146,6 +146,10 @@ def test_the_light_runtime_captions_an_ensemble_without_tensorflow(runs, photos,
     got = [line.split("\t") for line in ran.stdout.splitlines()]
     want = api_captions([run, tuned], photos)
     assert got == [[str(photo), caption] for photo, (caption, _) in zip(photos, want)]
+    (tmp_path / "empty").mkdir()  # no photo at all: one line and exit 1, as `caption` says it
+    empty = python(WITHOUT_TENSORFLOW, tmp_path / "light", tmp_path / "empty", cwd=tmp_path)
+    assert empty.returncode == 1 and empty.stdout == ""
+    assert empty.stderr.strip().startswith(f"Error: {tmp_path / 'empty'}: no photos found: ")
 
 
 @pytest.mark.parametrize("decoder", ["updown", "transformer"])

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from captioner.errors import ImageError, ImageTooLarge
+from captioner.errors import DataError, ImageError, ImageTooLarge
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # The formats those suffixes name: what photos from strangers (`captioner serve`) are read as;
@@ -109,6 +109,18 @@ def find_photos(paths: list[str | Path]) -> list[Photo]:
         else:
             found.append(Photo(str(path), path))
     return found
+
+
+def find_some_photos(paths: list[str | Path]) -> list[Photo]:
+    """find_photos, or DataError in one line when the paths hold no photo at all (a folder
+    without an image file, or no path)."""
+    photos = find_photos(paths)
+    if not photos:
+        where = ", ".join(map(str, paths)) or "no path given"
+        raise DataError(f"{where}: no photos found: captioner looks for files ending in "
+                        f"{', '.join(sorted(IMAGE_SUFFIXES))} (any case) in these folders and "
+                        "their subfolders, leaving out hidden ones")  # fmt: skip
+    return photos
 
 
 def _images_below(folder: Path) -> Iterator[str]:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from captioner.config import DecodeConfig
-from captioner.data.images import IMAGE_SUFFIXES, Photo, find_photos
+from captioner.data.images import Photo, find_some_photos
 from captioner.data.shards import Shard
-from captioner.errors import ConfigError, DataError
+from captioner.errors import ConfigError
 from captioner.inference.caption_files import CaptionWriter, output_format, read_names
 from captioner.locks import WriterLock
 from captioner.model.rundir import Run
@@ -56,14 +56,7 @@ def select_photos(inputs: Iterable[str | Path], shard: Shard | None = None) -> l
     """The photos of `inputs` (files, or folders searched below) that belong to `shard`; raises
     DataError if `inputs` hold none at all (folders without an image file, or no input)."""
     shard = shard or Shard()
-    inputs = list(inputs)
-    photos = find_photos(inputs)
-    if not photos:
-        where = ", ".join(map(str, inputs)) or "no path given"
-        raise DataError(f"{where}: no photos found: captioner looks for files ending in "
-                        f"{', '.join(sorted(IMAGE_SUFFIXES))} (any case) in these folders and "
-                        "their subfolders, leaving out hidden ones")  # fmt: skip
-    return [photo for photo in photos if shard.holds(photo.name)]
+    return [photo for photo in find_some_photos(list(inputs)) if shard.holds(photo.name)]
 
 
 def make_captioner(

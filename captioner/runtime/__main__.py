@@ -1,8 +1,8 @@
 """python -m captioner.runtime EXPORT PHOTO...: PATH<TAB>CAPTION per photo, without TensorFlow.
 
 EXPORT is a folder of `captioner export --format onnx`; PHOTO a file or a folder (every image
-below it). Unreadable photos are listed on stderr and make the exit status 1; a bad export is
-one line and exit 1.
+below it). Unreadable photos are listed on stderr and make the exit status 1; a bad export, or
+paths that hold no photo, is one line and exit 1.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    from captioner.data.images import find_photos
+    from captioner.data.images import find_some_photos
     from captioner.errors import CaptionerError
     from captioner.runtime.exported import ExportedCaptioner
 
@@ -21,13 +21,13 @@ def main(argv: list[str]) -> int:
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     try:
         captioner = ExportedCaptioner(argv[0])
+        photos = find_some_photos(argv[1:])
     except CaptionerError as error:
         if os.environ.get("CAPTIONER_DEBUG"):
             raise
         print(f"Error: {error}", file=sys.stderr)
         return 1
     failed = 0
-    photos = find_photos(argv[1:])
     for path, caption, detail in captioner.caption_files([photo.path for photo in photos]):
         if caption is None:
             failed += 1
