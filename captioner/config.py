@@ -33,9 +33,18 @@ TOKENIZERS = ("auto", "words", "characters")
 # What `captioner export` writes: a TensorFlow SavedModel (TF Serving), or ONNX models for the
 # light runtime without TensorFlow (captioner.runtime).
 EXPORT_FORMATS = ("saved_model", "onnx")
+# The description an export carries beside its models, read by the light runtime.
+EXPORT_MANIFEST = "captioner-export.json"
 # A selection score -> which way is better: it picks model.keras, drives early stopping, and
 # tells `captioner info` which epoch a run kept.
 SELECT_MODE = {"val_loss": "min", "val_bleu4": "max"}
+# finetune.select_by: the dev score that picks the epoch `finetune` keeps. val_bleu4 and
+# val_cider_d score greedy captions (what every stage logs, cheap); val_beam_bleu4 and
+# val_beam_cider_d the captions of the run's own [decode] settings (beam search: what
+# `evaluate` and `caption` give), decoded after every epoch only when one of them is chosen.
+FINETUNE_SELECT_BY = ("val_bleu4", "val_cider_d", "val_beam_bleu4", "val_beam_cider_d")
+# Every score that can pick an epoch, and which way is better (RunRecorder, `captioner info`).
+SCORE_MODE = {**SELECT_MODE, **dict.fromkeys(FINETUNE_SELECT_BY, "max")}
 # Accepted decoding values, by the name the command line, the API and the server give them:
 # (DecodeConfig field, lowest, highest). DecodeConfig checks them whoever builds it.
 DECODE_RANGES = {
@@ -216,11 +225,18 @@ class FinetuneConfig:
     # stabler, no greedy decoding) or the model's greedy caption (Rennie et al. 2017).
     baseline: str = "samples"
     max_length: int = 16  # words per sampled caption (Flickr8k's captions average 11)
+    # The dev score that picks the epoch kept (epoch 0, the source run, included) and drives
+    # early stopping: one of FINETUNE_SELECT_BY. The default scores greedy captions; the
+    # val_beam_ ones those of the run's [decode] settings, the captions it ships (on Flickr8k
+    # greedy and beam 3 disagreed: docs/finetuning.md), at the cost of a beam search of the
+    # dev split after every epoch.
+    select_by: str = "val_bleu4"
     early_stopping_patience: int = 2  # epochs without a better dev score; 0 turns it off
     seed: int = 0
 
     def __post_init__(self):
         _check_choice("finetune.baseline", self.baseline, ("samples", "greedy"))
+        _check_choice("finetune.select_by", self.select_by, FINETUNE_SELECT_BY)
         if self.baseline == "samples" and self.samples < 2:
             raise ConfigError("finetune.samples: the samples baseline needs at least 2 samples")
 

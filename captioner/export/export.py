@@ -19,13 +19,13 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from captioner.config import EXPORT_FORMATS, DecodeConfig, check_length
+from captioner.config import EXPORT_FORMATS, EXPORT_MANIFEST, DecodeConfig, check_length
 from captioner.errors import ConfigError
 from captioner.files import disk_full_as_error
 from captioner.model.ensembles import load_runs
 from captioner.model.rundir import Run, write_json
 
-MANIFEST_FILE = "captioner-export.json"
+MANIFEST_FILE = EXPORT_MANIFEST
 MANIFEST_FORMAT = "captioner-export/1"
 
 

@@ -8,26 +8,17 @@ for the NumPy search of captioner.runtime.search with the exported decoding sett
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from captioner.config import EXPORT_MANIFEST as MANIFEST_FILE
+from captioner.config import DecodeConfig
+from captioner.data.text import Vocabulary
 from captioner.errors import RunError
 from captioner.files import what_is_wrong
 
-MANIFEST_FILE = "captioner-export.json"  # as captioner.export.export writes it
 BATCH = 16  # photos encoded and searched together
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """The exported decoding settings (DecodeConfig's fields)."""
-
-    beam_size: int
-    max_length: int
-    length_penalty: float
-    no_repeat_ngram: int
 
 
 class _OnnxSteps:
@@ -60,10 +51,11 @@ class ExportedCaptioner:
             raise RunError("the runtime needs onnxruntime: pip install 'captioner[lite]'") from None
         folder = Path(folder)
         manifest = _read_manifest(folder)
-        self.words = manifest["vocabulary"]
-        self.tokenizer = manifest.get("tokenizer", "words")  # exports before it held words
+        words = manifest["vocabulary"]  # the special tokens first, as in vocabulary.json
+        # Exports made before captions in other scripts hold words.
+        self.vocabulary = Vocabulary(words[4:], tokenizer=manifest.get("tokenizer", "words"))
         self.input_size = manifest["input_size"]
-        self.decoding = Decoding(**manifest["decoding"])
+        self.decoding = DecodeConfig(**manifest["decoding"])
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: no warnings about unused initializers
         # An 8-bit export's DequantizeLinear nodes compute the package's float32 weights; left
@@ -79,9 +71,10 @@ class ExportedCaptioner:
         decoding settings or `decoding` (any object with DecodeConfig's fields)."""
         from captioner.runtime.search import decode
 
-        ids, scores = decode(self._steps, photos.astype(np.float32), len(self.words),
+        ids, scores = decode(self._steps, photos.astype(np.float32), len(self.vocabulary),
                              decoding or self.decoding, batch_size=BATCH, scores=True)  # fmt: skip
-        return [(self._words_of(row), float(score)) for row, score in zip(ids, scores)]
+        words = self.vocabulary
+        return [(words.join(words.decode(row)), float(score)) for row, score in zip(ids, scores)]
 
     def caption_files(self, paths: list[Path]):
         """Yields (path, caption or None, score or error) for each file, BATCH at a time."""
@@ -95,18 +88,6 @@ class ExportedCaptioner:
             found = dict(zip([p for p, _ in good], results))
             for path, image in zip(chunk, images):
                 yield (path, *found[path]) if path in found else (path, None, image)
-
-    def _words_of(self, ids) -> str:
-        from captioner.data.cleaning import join_tokens
-        from captioner.data.text import END_ID, PAD_ID, START_ID
-
-        words = []
-        for index in ids:
-            if index == END_ID:
-                break
-            if index not in (PAD_ID, START_ID):
-                words.append(self.words[index])
-        return join_tokens(words, self.tokenizer)
 
 
 def _export_again(folder: Path) -> str:
