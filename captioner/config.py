@@ -170,7 +170,12 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     clipnorm: float = 5.0  # gradient clipping by global norm; 0 turns it off
-    # Reduce-on-plateau on the validation loss: LR *= factor after `patience` flat epochs.
+    # "plateau": reduce-on-plateau on the validation loss, LR *= factor after `patience` flat
+    # epochs. "cosine": a linear warm-up from 0 over `warmup_epochs`, then a cosine decay, step
+    # by step, to min_learning_rate at the end of `epochs`: a schedule that needs no plateau to
+    # lower the rate, for recipes with fewer epochs.
+    schedule: str = "plateau"
+    warmup_epochs: float = 0.5
     lr_factor: float = 0.5
     lr_patience: int = 1
     min_learning_rate: float = 1e-5
@@ -202,6 +207,8 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_choice("train.precision", self.precision, PRECISIONS)
+        _check_choice("train.schedule", self.schedule, ("plateau", "cosine"))
+        _check_range("train.warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs))
         _check_choice("train.select_by", self.select_by, tuple(SELECT_MODE))
         _check_choice("train.feature_reading", self.feature_reading, ("auto", "memory", "lazy"))
         _check_choice("train.strategy", self.strategy, STRATEGIES)

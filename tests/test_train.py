@@ -219,3 +219,40 @@ def test_mirroring_without_a_mirrored_cache_says_which_command_makes_it(flickr8k
     with pytest.raises(CacheError, match="holds features of photos as they are"):
         train(flickr8k_data, tmp_path / "f", tmp_path / "run", config, progress=False,
               mirrored_features_path=tmp_path / "f")  # fmt: skip
+
+
+def test_the_cosine_schedule_warms_up_then_decays_to_its_floor():
+    from captioner.training.train import learning_rate
+
+    config = TrainConfig(epochs=4, learning_rate=1e-3, min_learning_rate=1e-5,
+                         schedule="cosine", warmup_epochs=0.4)  # fmt: skip
+    rate = learning_rate(config, steps_per_epoch=10)
+    at = {step: float(rate(step)) for step in (0, 1, 4, 5, 22, 40)}
+    assert at[0] == 0.0 and at[1] == pytest.approx(2.5e-4)  # warm-up: 4 steps to 1e-3
+    assert at[4] == pytest.approx(1e-3) and at[5] < 1e-3  # then it only decays
+    assert at[22] == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2, rel=1e-3)  # half way down
+    assert at[40] == pytest.approx(1e-5)  # the floor at the last step of the last epoch
+    assert learning_rate(TrainConfig(), 10) == 1e-3  # plateau: a number its callback lowers
+    with pytest.raises(Exception, match="train.warmup_epochs: 5.0 is not between 0.0 and 4.0"):
+        TrainConfig(epochs=4, warmup_epochs=5.0)
+
+
+def test_a_run_trains_on_the_cosine_schedule_and_logs_its_rates(flickr8k_data, tmp_path):
+    from captioner.features.extract import extract_features
+    from captioner.training.train import train
+    from tests.conftest import TINY, TINY_ENCODER
+
+    extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False)
+    config = merge(Config(), {
+        "encoder": {"name": TINY_ENCODER},
+        "model": {"units": 16, "embedding_dim": 8},
+        "text": {"min_word_count": 1},
+        "train": {"epochs": 3, "schedule": "cosine", "warmup_epochs": 1.0,
+                  "early_stopping_patience": 0},
+    })  # fmt: skip
+    train(flickr8k_data, tmp_path / "f", tmp_path / "run", config, progress=False)
+    rates = [
+        h["learning_rate"] for h in json.loads((tmp_path / "run" / "history.json").read_text())
+    ]
+    # Logged after each epoch: the warm-up's top, half way down, the floor.
+    assert rates == pytest.approx([1e-3, (1e-3 + 1e-5) / 2, 1e-5], rel=1e-3)

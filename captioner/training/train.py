@@ -60,7 +60,25 @@ def smoothed_cross_entropy(label_smoothing: float, reduction: str = "mean_with_s
     return SmoothedSparseCrossEntropy(reduction=reduction, name="smoothed_xent")
 
 
-def compile_decoder(model, config: TrainConfig, replicas: int = 1) -> None:
+def learning_rate(config: TrainConfig, steps_per_epoch: int):
+    """Adam's learning rate: a number (train.schedule "plateau": the callback lowers it), or for
+    "cosine" a schedule of the optimizer's step: linear warm-up from 0 to learning_rate over
+    warmup_epochs, then cosine decay to min_learning_rate at the last step of `epochs`. A
+    function of the step count alone, which resume.npz restores with the optimizer."""
+    if config.schedule == "plateau":
+        return config.learning_rate
+    import keras
+
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    decay = max(config.epochs * steps_per_epoch - warmup, 1)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else config.learning_rate, decay,
+        alpha=config.min_learning_rate / config.learning_rate,
+        warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
+    )  # fmt: skip
+
+
+def compile_decoder(model, config: TrainConfig, replicas: int = 1, steps_per_epoch: int = 1):
     """Adam with gradient clipping; masked sparse cross-entropy on logits; masked accuracy.
 
     The loss is the mean over the batch's real words, not over padding too: the weighted mean,
@@ -69,7 +87,8 @@ def compile_decoder(model, config: TrainConfig, replicas: int = 1) -> None:
     """
     import keras
 
-    optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
+    rate = learning_rate(config, steps_per_epoch)
+    optimizer = keras.optimizers.Adam(rate, clipnorm=config.clipnorm or None)
     reduction = "mean_with_sample_weight" if replicas == 1 else "sum_over_batch_size"
     if config.label_smoothing:
         loss = smoothed_cross_entropy(config.label_smoothing, reduction)
@@ -116,11 +135,18 @@ def _callbacks(recorder: RunRecorder, config: TrainConfig, dev_scores, resumed: 
             return {"wait": self.wait, "cooldown_counter": self.cooldown_counter,
                     "best": float(self.best)}  # fmt: skip
 
-    plateau = Plateau(
-        "val_loss",
-        factor=config.lr_factor,
-        patience=config.lr_patience,
-        min_lr=config.min_learning_rate,
+    # Cosine: the optimizer's own schedule lowers the rate; no plateau callback then.
+    schedule = (
+        []
+        if config.schedule == "cosine"
+        else [
+            Plateau(
+                "val_loss",
+                factor=config.lr_factor,
+                patience=config.lr_patience,
+                min_lr=config.min_learning_rate,
+            )
+        ]
     )
 
     class Record(keras.callbacks.Callback):
@@ -129,13 +155,13 @@ def _callbacks(recorder: RunRecorder, config: TrainConfig, dev_scores, resumed: 
             logs = {**logs, "learning_rate": float(rate)}
             stop = recorder.record(self.model, epoch + 1, logs)
             state = {"epoch": epoch + 1, "stopped": stop, "recorder": recorder.state,
-                     "plateau": plateau.state()}  # fmt: skip
+                     "plateau": schedule[0].state() if schedule else None}  # fmt: skip
             if recorder.writes:
                 save_checkpoint(self.model, recorder.run_dir, state)
             self.model.stop_training = stop
 
     board = [keras.callbacks.TensorBoard(str(recorder.run_dir / TENSORBOARD_DIR))]
-    return [DevScores(), *(board if recorder.writes else []), plateau, Record()]
+    return [DevScores(), *(board if recorder.writes else []), *schedule, Record()]
 
 
 @dataclass
@@ -317,7 +343,8 @@ def _train_and_summarize(prepared, config: Config, recorder: RunRecorder, progre
             model = build_decoder(config.model, len(prepared.vocabulary), encoder.feature_dim,
                                   encoder.cells, synchronized=count > 1, updown=config.updown,
                                   transformer=config.transformer)  # fmt: skip
-            compile_decoder(model, config.train, count)
+            steps = count_batches(prepared.train, config.train.batch_size)
+            compile_decoder(model, config.train, count, steps)
             if resumed:
                 restore_checkpoint(model, Path(run_dir))
         # The dataset's captions (millions of small objects for COCO) live as long as training:
