@@ -88,11 +88,11 @@ class NumpyStepsOf:
 
 
 def _numpy(result):
-    return tuple(x.numpy() for x in result) if isinstance(result, tuple) else result.numpy()
+    return tuple(x.numpy() for x in result)
 
 
 class TensorFlowSearch:
-    """captioner.model.search, returning arrays: f(features) -> ids, or (ids, scores)."""
+    """captioner.model.search, returning arrays: f(features) -> (ids, scores)."""
 
     bigrams = BigramSteps
 
@@ -153,7 +153,7 @@ FEATURES = np.zeros((1, 2), np.float32)
 
 def test_beam_finds_the_more_probable_caption_that_greedy_misses(search):
     steps = search.bigrams(TRAP)
-    greedy = search.greedy(steps, V, max_length=5)(FEATURES)
+    greedy, _ = search.greedy(steps, V, max_length=5)(FEATURES)
     assert list(greedy[0]) == [A, END_ID, 0, 0, 0]
     ids, scores = search.beam(steps, V, beam_size=2, max_length=5)(FEATURES)
     assert list(ids[0]) == [B, END_ID, 0, 0, 0]
@@ -277,7 +277,7 @@ def test_step_by_step_decoding_runs_the_trained_model_exactly(search, hidden_lay
     model = tiny_decoder(2, decoder, hidden_layer)
     features = np.random.RandomState(1).normal(size=(4, 12)).astype(np.float32) * 3
     greedy = search.greedy(search.of(DecoderSteps(model)), 30, max_length=6, suppress_unk=False)
-    ids = greedy(features)
+    ids, _ = greedy(features)
     # Exact arg-max: the best word leads the next by 0.003 or more at every step; step by step
     # and whole-sequence log-probabilities differ by 5e-7 at most under AVX-512, AVX2 and Eigen
     # kernels (measured).

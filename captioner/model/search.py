@@ -107,15 +107,14 @@ def make_greedy_search(
     vocabulary_size: int,
     max_length: int,
     suppress_unk: bool = True,
-    length_penalty: float | None = None,
+    length_penalty: float = 0.0,
     with_attention: bool = False,
 ):
-    """Returns a compiled f(features (B, D)) -> ids (B, max_length), <pad> after <end>.
-
-    With a length_penalty, f returns (ids, scores (B,)) as beam search does: each caption's
-    log P / length ** length_penalty, the number beam search ranks by (length counts <end>).
-    with_attention (steps with step_with_attention): f returns (ids, scores, attention (B,
-    max_length, cells)), the weights that predicted each word (zeros after <end>).
+    """Returns a compiled f(features (B, D)) -> (ids (B, max_length), scores (B,)), <pad> after
+    <end> in ids; each caption's score is log P / length ** length_penalty, the number beam
+    search ranks by (length counts <end>; 0.0: log P itself), so that greedy and beam search
+    answer alike. with_attention (steps with step_with_attention): f returns (ids, scores,
+    attention (B, max_length, cells)), the weights that predicted each word (zeros after <end>).
     """
     import tensorflow as tf
 
@@ -123,7 +122,6 @@ def make_greedy_search(
     banned, banned_first = _banned_masks(vocabulary_size, suppress_unk)
     if with_attention:
         steps = _KeepingMaps(steps, max_length)
-        length_penalty = 0.0 if length_penalty is None else length_penalty
 
     def most_likely(log_probs, t):
         return tf.argmax(log_probs, axis=-1, output_type=tf.int32)
@@ -133,8 +131,6 @@ def make_greedy_search(
         ids, log_p, length, state = _word_by_word(
             steps, features, max_length, most_likely, banned, banned_first
         )
-        if length_penalty is None:
-            return ids
         scores = log_p / tf.pow(tf.cast(length, tf.float32), float(length_penalty))
         return (ids, scores, _words_only(state[-1], ids)) if with_attention else (ids, scores)
 
@@ -483,7 +479,8 @@ def make_search(steps, vocabulary_size: int, config, with_attention: bool = Fals
 def make_decoder(
     steps, vocabulary_size: int, config, batch_size: int = 512, scores=False, attention=False
 ):
-    """Returns f(features (N, D)) -> int32 word ids (N, max_length), with DecodeConfig settings.
+    """Returns f(features (N, D)) -> int32 word ids (N, max_length), with DecodeConfig settings
+    (greedy for beam_size 1, else beam search).
 
     Each row holds a caption, then <end> and <pad> (or max_length words and no <end>). The
     search is compiled once and reused for every batch of `batch_size` images. With scores=True,
@@ -491,10 +488,7 @@ def make_decoder(
     With attention=True (a decoder that attends: steps.cells > 0), f returns (ids, scores,
     attention (N, max_length, cells)), the same search carrying each answer's own weights.
     """
-    if config.beam_size <= 1 and not (scores or attention):
-        search = make_greedy_search(steps, vocabulary_size, config.max_length)
-    else:
-        search = make_search(steps, vocabulary_size, config, with_attention=attention)
+    search = make_search(steps, vocabulary_size, config, with_attention=attention)
     empty = [np.zeros((0, config.max_length), np.int32), np.zeros(0, np.float32)]
     if attention:
         empty.append(np.zeros((0, config.max_length, steps.cells), np.float32))
@@ -503,8 +497,7 @@ def make_decoder(
         parts = [empty]
         for start in range(0, len(features), batch_size):
             result = search(np.asarray(features[start : start + batch_size], np.float32))
-            # greedy without scores gives ids alone; the others a tuple
-            parts.append([r.numpy() for r in (result if isinstance(result, tuple) else [result])])
+            parts.append([r.numpy() for r in result])
         outputs = [np.concatenate(column) for column in zip(*parts)]
         if attention:
             return tuple(outputs)

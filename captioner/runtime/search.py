@@ -80,18 +80,14 @@ def greedy_search(
     vocabulary_size: int,
     max_length: int,
     suppress_unk: bool = True,
-    length_penalty: float | None = None,
+    length_penalty: float = 0.0,
 ):
-    """features (B, D) -> ids (B, max_length) int32, <pad> after <end>.
-
-    With a length_penalty, returns (ids, scores (B,)) as beam search does: each caption's
-    log P / length ** length_penalty, the number beam search ranks by (length counts <end>).
-    """
+    """features (B, D) -> (ids (B, max_length) int32, <pad> after <end>; scores (B,)): each
+    caption's log P / length ** length_penalty, as beam search ranks (length counts <end>; 0.0:
+    log P itself), as captioner.model.search's greedy answers."""
     banned, banned_first = _banned_masks(vocabulary_size, suppress_unk)
     features = np.asarray(features, np.float32)
     ids, log_p, length = _word_by_word(steps, features, max_length, banned, banned_first)
-    if length_penalty is None:
-        return ids
     return ids, _normalize(log_p, length, length_penalty)
 
 
@@ -282,13 +278,13 @@ def beam_search(steps, features, vocabulary_size: int, *settings, **named_settin
     return search.run(np.asarray(features, np.float32))
 
 
-def _search_of(config, vocabulary_size: int, scores: bool):
-    """f(steps, features) -> ids, or (ids, scores): the search a DecodeConfig asks for."""
+def _search_of(config, vocabulary_size: int):
+    """f(steps, features) -> (ids, scores): the search a DecodeConfig asks for."""
     if config.beam_size <= 1:
-        penalty = config.length_penalty if scores else None
         return lambda steps, batch: greedy_search(
-            steps, batch, vocabulary_size, config.max_length, length_penalty=penalty
-        )
+            steps, batch, vocabulary_size, config.max_length,
+            length_penalty=config.length_penalty,
+        )  # fmt: skip
     return lambda steps, batch: beam_search(
         steps, batch, vocabulary_size, config.beam_size, config.max_length,
         config.length_penalty, config.no_repeat_ngram,
@@ -303,13 +299,13 @@ def decode(steps, features, vocabulary_size: int, config, batch_size: int = 512,
     scores=True, returns (ids, scores (N,)): log P / length ** length_penalty per caption.
     """
     check_length(config.max_length, getattr(steps, "max_words", None))
-    search = _search_of(config, vocabulary_size, scores)
+    search = _search_of(config, vocabulary_size)
     ids, values = [np.zeros((0, config.max_length), np.int32)], [np.zeros(0, np.float32)]
     for start in range(0, len(features), batch_size):
-        result = search(steps, np.asarray(features[start : start + batch_size], np.float32))
-        if isinstance(result, tuple):  # beam search, or greedy with scores
-            result, batch_scores = result
-            values.append(batch_scores)
-        ids.append(result)
+        batch_ids, batch_scores = search(
+            steps, np.asarray(features[start : start + batch_size], np.float32)
+        )
+        ids.append(batch_ids)
+        values.append(batch_scores)
     ids = np.concatenate(ids)
     return (ids, np.concatenate(values)) if scores else ids
