@@ -297,7 +297,9 @@ def finetune(source_run, run_dir, data, features, epochs, learning_rate, seed, p
     """Fine-tune a trained run on CIDEr-D by self-critical sequence training.
 
     Samples captions from the model for each training photo and makes those that score better
-    than the others more likely. Settings: the [finetune] section of --config / --set.
+    than the others more likely; any decoder, pooled or grid. Keeps the epoch of the best
+    greedy dev BLEU-4, or by finetune.select_by (val_beam_cider_d: dev CIDEr-D of the run's own
+    beam decoding). Settings: the [finetune] section of --config / --set.
 
     \b
       captioner finetune --run runs/flickr8k-seed0 --run-dir runs/flickr8k-seed0-scst
@@ -316,6 +318,8 @@ def finetune(source_run, run_dir, data, features, epochs, learning_rate, seed, p
 def _echo_finetuned(what: str, s) -> None:
     """One line for both fine-tuning stages: each dev score from the start to the epoch kept."""
     scores = {"val_loss": "dev loss", "val_bleu4": "dev BLEU-4 (greedy)", "val_cider_d": "CIDEr-D"}
+    decoding = s.extra.get("decoding")  # `finetune` selecting by the run's own decoding
+    scores |= {"val_beam_bleu4": f"dev BLEU-4 ({decoding})", "val_beam_cider_d": "CIDEr-D"}
     moved = ", ".join(f"{label} {s.start[key]:.4f} -> {s.best[key]:.4f}"
                       for key, label in scores.items() if key in s.best)  # fmt: skip
     click.echo(f"{what} {s.epochs_run} epochs in {s.seconds:.0f} s; kept epoch {s.best_epoch}: "
@@ -324,8 +328,8 @@ def _echo_finetuned(what: str, s) -> None:
 
 @cli.command("finetune-encoder", context_settings=CONTEXT)
 @click.option("--run", "source_run", required=True, type=click.Path(),
-              help="The run to start from: a run of the pooled LSTM decoder (the shipped "
-              "model's runs read grids, which this cannot fine-tune).")  # fmt: skip
+              help="The run to start from, of any decoder (with a grid decoder, the "
+              "encoder's grid is trained).")  # fmt: skip
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False),
               help="Where the fine-tuned run goes (a new run directory).")  # fmt: skip
 @click.option(

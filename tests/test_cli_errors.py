@@ -158,7 +158,7 @@ def test_a_bad_option_value_is_clicks_usage_error_and_exit_2():
 
 
 def test_finetune_encoder_needs_a_run():
-    """The shipped model's runs read grids, which finetune-encoder cannot train: no default."""
+    """No default run: finetune-encoder writes a new run from the one it is told."""
     result = CliRunner().invoke(cli, ["finetune-encoder", "--run-dir", "nowhere"])
     assert result.exit_code == 2, result.output
     assert result.stderr.splitlines()[-1] == "Error: Missing option '--run'."

@@ -105,6 +105,81 @@ def test_finetune_writes_a_run_that_evaluates_and_keeps_its_best_epoch(flickr8k_
     assert bleu4 == pytest.approx(history[best]["val_bleu4"], abs=1e-4)
 
 
+def test_finetune_select_by_names_a_dev_score_it_logs():
+    from captioner.errors import ConfigError
+
+    assert FinetuneConfig().select_by == "val_bleu4"  # greedy: no beam search every epoch
+    with pytest.raises(ConfigError) as error:
+        FinetuneConfig(select_by="beam_cider")
+    assert str(error.value) == ("finetune.select_by: 'beam_cider' is not one of val_bleu4, "
+                                "val_cider_d, val_beam_bleu4, val_beam_cider_d")  # fmt: skip
+
+
+def dev_scores(run_dir) -> dict[str, float]:
+    """`captioner evaluate --split dev` of a run (its own decoding): its scores by name."""
+    from click.testing import CliRunner
+
+    from captioner.cli import cli
+
+    result = CliRunner().invoke(cli, ["evaluate", "--run", str(run_dir), "--split", "dev"])
+    assert result.exit_code == 0, result.output
+    names, values = result.output.splitlines()[1:3]
+    return dict(zip(names.split(), map(float, values.split())))
+
+
+@pytest.mark.slow
+def test_finetune_trains_updown_and_keeps_the_epoch_its_beam_decoding_picks(
+    flickr8k_data, tmp_path
+):
+    """Self-critical training of a grid decoder (samples through Up-Down's one-step function,
+    gradient through its teacher-forced log-probabilities), the epoch kept by dev CIDEr-D of
+    the run's own beam-3 decoding: the captions `evaluate` scores."""
+    from click.testing import CliRunner
+
+    from captioner.cli import cli
+    from captioner.features.extract import extract_features
+    from captioner.model.rundir import load_keras_model, load_run
+    from captioner.training.train import train
+    from tests.conftest import TINY, TINY_ENCODER
+
+    extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False, grid=True)
+    config = merge(Config(), {
+        "encoder": {"name": TINY_ENCODER},
+        "model": {"decoder": "updown", "units": 16, "embedding_dim": 16, "dropout": 0.0},
+        "updown": {"attention_units": 16, "language_units": 16},
+        "text": {"min_word_count": 1},
+        "train": {"epochs": 6, "learning_rate": 0.01, "batch_size": 32},
+        "decode": {"beam_size": 3},
+    })  # fmt: skip
+    train(flickr8k_data, tmp_path / "f", tmp_path / "run", config, progress=False)
+
+    args = ["finetune", "--run", tmp_path / "run", "--run-dir", tmp_path / "scst",
+            "--epochs", 2, "--learning-rate", 0.001, "--no-progress",
+            "--set", "finetune.batch_size=40", "--set", "finetune.samples=3",
+            "--set", "finetune.select_by=val_beam_cider_d",
+            "--set", "finetune.early_stopping_patience=0"]  # fmt: skip
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    history = json.loads((tmp_path / "scst" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]  # epoch 0: the run it started from
+    best = max(range(3), key=lambda i: history[i]["val_beam_cider_d"])
+    assert f"kept epoch {best}:" in result.output and "dev BLEU-4 (beam3)" in result.output
+    selection = json.loads((tmp_path / "scst" / "selection.json").read_text())
+    assert (selection["select_by"], selection["kept_epoch"]) == ("val_beam_cider_d", best)
+    # It trained: the last epoch's weights moved away from the source's.
+    last = load_keras_model(tmp_path / "scst" / "last.keras").get_weights()
+    start = load_run(tmp_path / "run").load_model().get_weights()
+    assert max(np.abs(a - b).max() for a, b in zip(last, start)) > 1e-4
+
+    # Greedy and beam captions differ (here dev CIDEr-D 1.51 against 1.61 at epoch 0, 2.98
+    # against 2.80 at epoch 1): each is logged as itself.
+    assert any(h["val_beam_cider_d"] != h["val_cider_d"] for h in history)
+    # evaluate's default decoding is the run's own, beam 3: the kept epoch's logged scores.
+    beam = dev_scores(tmp_path / "scst")
+    assert beam["CIDEr-D"] == pytest.approx(history[best]["val_beam_cider_d"], abs=1e-4)
+    assert beam["BLEU-4"] == pytest.approx(history[best]["val_beam_bleu4"], abs=1e-4)
+
+
 def test_finetune_refuses_to_overwrite_the_run_it_starts_from(tmp_path):
     from click.testing import CliRunner
 

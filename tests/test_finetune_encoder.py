@@ -212,3 +212,114 @@ def test_self_critical_training_refuses_a_finetuned_encoder(tuned, tmp_path):
     assert result.exit_code == 1
     assert "its encoder was fine-tuned" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+# --- a grid decoder: Up-Down, its encoder's grid trained ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def updown_tuned(flickr8k_data, tmp_path_factory):
+    """An Up-Down decoder on the tiny conv encoder's cached 8 x 8 grid (beam 3, as shipped),
+    then finetune-encoder: the encoder's grid trained with it, epochs kept by dev loss."""
+    from tests.conftest import tiny_conv_run
+
+    folder = tmp_path_factory.mktemp("updown")
+    source = tiny_conv_run(flickr8k_data, folder, 4, model={"decoder": "updown"},
+                           updown={"attention_units": 16, "language_units": 16},
+                           decode={"beam_size": 3})  # fmt: skip
+    args = ["finetune-encoder", "--run", source, "--run-dir", folder / "tuned", "--epochs", 2,
+            "--learning-rate", 0.01, "--encoder-learning-rate", 0.01, "--batch-size", 16,
+            "--no-progress", "--set", "encoder_finetune.early_stopping_patience=0"]  # fmt: skip
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    history = json.loads((folder / "tuned" / "history.json").read_text())
+    return source, folder / "tuned", result.output, history
+
+
+@pytest.fixture(scope="module")
+def grid_photos(flickr8k_data):
+    return sorted((flickr8k_data / "Flicker8k_Dataset").glob("*.jpg"))[-6:]
+
+
+@pytest.mark.slow
+def test_an_updown_run_trains_its_encoders_grid_and_evaluates_with_it(updown_tuned):
+    from captioner.model.rundir import load_run
+
+    source, tuned, output, history = updown_tuned
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    best = min(range(3), key=lambda i: history[i]["val_loss"])
+    assert f"kept epoch {best}:" in output
+    # From a 4-epoch decoder the dev loss falls (1.345, 1.327, 1.182 on an AVX-512 EPYC): the
+    # epoch kept is a trained one, so encoder.npz is not the source's encoder.
+    assert best > 0
+    run = load_run(tuned)
+    assert run.encoder.finetuned and run.encoder.cells == 64
+    encoder, start = run.load_encoder(), load_run(source).load_encoder()
+    assert encoder.output_shape == (None, 8, 8, 3)  # the grid, not the pooled vector
+    kernel, _, gamma, beta, mean, variance = encoder.get_weights()
+    assert np.abs(kernel - start.get_weights()[0]).max() > 1e-3
+    for got, was in zip((gamma, beta, mean, variance), start.get_weights()[2:]):
+        np.testing.assert_array_equal(got, was)  # BatchNorm frozen, as in the pooled path
+    # evaluate encodes the dev photos with encoder.npz: greedy CIDEr-D is the kept epoch's.
+    result = CliRunner().invoke(cli, ["evaluate", "--run", str(tuned), "--split", "dev",
+                                      "--beam", "1"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    names, values = result.output.splitlines()[1:3]
+    scores = dict(zip(names.split(), map(float, values.split())))
+    assert scores["CIDEr-D"] == pytest.approx(history[best]["val_cider_d"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_an_updown_run_captions_draws_and_joins_an_ensemble_with_its_own_grid(
+    updown_tuned, grid_photos, tmp_path
+):
+    from captioner import Captioner
+
+    source, tuned, _, _ = updown_tuned
+    photo = grid_photos[0]
+    captioner = Captioner.load(tuned)
+    image = captioner.prepare(photo)[None]
+    own = captioner.features(image)
+    assert own.shape == (1, 64 * 3)  # the flattened grid the decoder reads
+    assert not np.allclose(own, Captioner.load(source).features(image), atol=1e-3)
+    result = CliRunner().invoke(cli, ["caption", str(photo), "--run", str(tuned), "--attention",
+                                      str(tmp_path / "where.png")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    caption, maps = captioner.caption(photo, attention=True)
+    assert result.output.strip().split("\t")[1] == caption
+    assert maps.shape == (len(caption.split()), 8, 8)
+    assert (tmp_path / "where.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # An ensemble with the source: each member decodes its own encoder's grid.
+    ensemble = Captioner.load(tuned, source)
+    features = ensemble.features(image)
+    np.testing.assert_allclose(features[:, : own.shape[1]], own, rtol=1e-5, atol=1e-6)
+    assert features.shape == (1, 2 * own.shape[1])
+    result = CliRunner().invoke(cli, ["caption", str(photo), "--run", str(tuned),
+                                      "--run", str(source)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().split("\t")[1] == ensemble.caption(photo)
+
+
+@pytest.mark.slow
+def test_an_updown_run_exports_with_its_own_grid_encoder(updown_tuned, grid_photos, tmp_path):
+    """ONNX (the light runtime, an ensemble with the source: two encoders in start.onnx) and
+    the SavedModel caption as the Python API does."""
+    import tensorflow as tf
+
+    from captioner import Captioner
+    from captioner.runtime.exported import ExportedCaptioner
+
+    source, tuned, _, _ = updown_tuned
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "light"), "--run", str(tuned),
+                                      "--run", str(source), "--format", "onnx"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    light = ExportedCaptioner(tmp_path / "light").caption_files(grid_photos)
+    want = Captioner.load(tuned, source).caption(grid_photos)
+    assert [caption for _, caption, _ in light] == want
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "saved"), "--run", str(tuned)])
+    assert result.exit_code == 0, result.output
+    serve = tf.saved_model.load(str(tmp_path / "saved" / "1")).signatures["serving_default"]
+    out = serve(images=tf.constant([photo.read_bytes() for photo in grid_photos]))
+    want = Captioner.load(tuned).caption(grid_photos, scores=True)
+    assert [c.decode() for c in out["captions"].numpy()] == [caption for caption, _ in want]
+    np.testing.assert_allclose(out["scores"].numpy(), [score for _, score in want], rtol=1e-4)

@@ -3,7 +3,8 @@
 
 model.keras        the best epoch by the run's selection score (train.select_by or
                    encoder_finetune.select_by: dev loss or greedy dev BLEU-4; for `finetune`,
-                   dev BLEU-4), Keras format, loaded in safe mode
+                   finetune.select_by: greedy or beam dev BLEU-4 or CIDEr-D), Keras format,
+                   loaded in safe mode
 selection.json     which score picked model.keras and which epoch it holds, rewritten with it
 last.keras         the latest epoch, rewritten each epoch
 weights.npz        instead of model.keras in the shipped model: float16 weights, decoder rebuilt

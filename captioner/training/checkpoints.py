@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.config import SELECT_MODE, Config
+from captioner.config import SCORE_MODE, Config
 from captioner.data.text import Vocabulary
 from captioner.errors import RunError
 from captioner.files import atomic_file, what_is_wrong, write_atomic
@@ -46,7 +46,7 @@ from captioner.training.plots import plot_history
 def is_better(score: float, best: float | None, monitor: str) -> bool:
     if best is None:
         return True
-    return score < best if SELECT_MODE[monitor] == "min" else score > best
+    return score < best if SCORE_MODE[monitor] == "min" else score > best
 
 
 # What to do about a damaged resume.npz or history.json: nothing else holds where the run was.
@@ -59,7 +59,7 @@ class RunRecorder:
 
     Args:
         run_dir: created if needed.
-        monitor: the logged score that picks model.keras ("val_loss", "val_bleu4").
+        monitor: the logged score that picks model.keras (a key of config.SCORE_MODE).
         patience: epochs without a better score before `record` says stop; 0 never stops.
     """
 
@@ -153,7 +153,7 @@ class RunRecorder:
     def _write_selection(self) -> None:
         """selection.json, right after model.keras: the rule that chose it and the epoch it
         holds, so that `captioner info` reads them instead of guessing."""
-        selection = {"select_by": self.monitor, "mode": SELECT_MODE[self.monitor],
+        selection = {"select_by": self.monitor, "mode": SCORE_MODE[self.monitor],
                      "kept_epoch": self.best_epoch, "score": self.best}  # fmt: skip
         write_json(self.run_dir / SELECTION_FILE, selection)
 

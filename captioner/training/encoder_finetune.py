@@ -12,6 +12,10 @@ chase features that move every step. Each epoch ends with the dev photos encoded
 as it is then: teacher-forced dev loss, and greedy captions scored. The run directory keeps
 the best epoch by dev loss (or greedy dev BLEU-4: select_by; epoch 0, the starting point,
 included): its decoder as model.keras and its encoder as encoder.npz.
+
+Every decoder works so: the pooled LSTM's encoder outputs the pooled vector, a grid decoder's
+(attention, updown, transformer) its grid, flattened cell by cell as `extract --grid` stores it,
+the gradient flowing back through every cell.
 """
 
 from __future__ import annotations
@@ -134,7 +138,8 @@ def make_training_step(encoder, decoder, config: EncoderFinetuneConfig):
         if config.augment:
             pixels = augment(pixels, seed, config.crop_scale)
         with tf.GradientTape() as tape:
-            features = encoder(pixels, training=False)
+            # A grid encoder's (P, rows, columns, C) as the grid decoders read it: flattened.
+            features = tf.reshape(encoder(pixels, training=False), [tf.shape(pixels)[0], -1])
             logits = decoder([tf.gather(features, owners), inputs], training=True)
             words = tf.cast(tf.not_equal(targets, PAD_ID), tf.float32)
             loss = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
@@ -233,9 +238,8 @@ def finetune_encoder(
     """Trains a run's encoder and decoder together from the photos into a new run directory.
 
     Args:
-        source_run: a run directory of the pooled LSTM decoder (trained on cached features,
-            or fine-tuned before); None: the shipped model's first run, which reads grids and
-            is refused (ConfigError).
+        source_run: a run directory of any decoder, pooled or grid (trained on cached
+            features, or fine-tuned before); None: the shipped model's first run.
         run_dir: the new run (created); `caption`, `evaluate`, `serve` and the Python API use
             it, and its own encoder, like any other.
         config: the [encoder_finetune] settings.
@@ -248,10 +252,6 @@ def finetune_encoder(
     started = time.perf_counter()
     source = read_source(source_run, run_dir, data_root)
     run, dataset = source.run, source.dataset
-    if run.encoder.cells:
-        raise ConfigError(f"{run.directory}: fine-tuning the encoder works with the pooled "
-                          "LSTM decoder, not a grid decoder (attention, updown, "
-                          "transformer)")  # fmt: skip
     train, dev = photo_captions(dataset, "train", run), photo_captions(dataset, "dev", run)
     recorder = start_run(run, source.info, run_dir, config, "encoder_finetune", config.select_by,
                          encoder=replace(run.encoder, finetuned=True))  # fmt: skip

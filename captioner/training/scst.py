@@ -11,7 +11,13 @@ Samples that beat the baseline become more likely, the others less. The baseline
 reward of the image's other samples (Luo 2020, the default) or the model's own greedy caption
 (the original). Dropout is off and BatchNorm uses its trained statistics, so the model that
 samples is the one that decodes. Each epoch ends with greedy captions of the dev split;
-model.keras keeps the best epoch by dev BLEU-4 (epoch 0, the starting model, included).
+model.keras keeps the best epoch by dev BLEU-4 (epoch 0, the starting model, included), or by
+finetune.select_by: greedy CIDEr-D, or BLEU-4 or CIDEr-D of the dev captions decoded with the
+run's own [decode] settings (beam search: the captions it ships), decoded after every epoch.
+
+Any decoder: the pooled LSTM, and the grid decoders (attention, updown, transformer), which
+sample through their one-step functions (DecoderSteps) from the cache's flattened grids and
+take their gradient from the teacher-forced log-probabilities of the sampled captions.
 """
 
 from __future__ import annotations
@@ -156,7 +162,7 @@ class _SelfCriticalEpoch:
         sample_rewards = self.rewards(sampled, np.repeat(batch, config.samples))
         greedy_rewards = None
         if self.greedy is not None:
-            greedy_rewards = self.rewards(self.greedy(features).numpy(), batch)
+            greedy_rewards = self.rewards(self.greedy(features)[0].numpy(), batch)
             totals["greedy_cider_d"] += float(greedy_rewards.sum())
         advantages = self_critical_advantages(sample_rewards, config.samples, greedy_rewards)
         inputs, targets = teacher_forcing_of_samples(sampled)
@@ -165,6 +171,21 @@ class _SelfCriticalEpoch:
         totals["loss"] += float(loss) * len(batch)
         totals["sample_cider_d"] += float(sample_rewards.sum()) / config.samples
         self.step_number += 1
+
+
+def _dev_scores(model, source: _Source, config: FinetuneConfig):
+    """f() -> the dev scores each epoch logs: greedy captions' (val_bleu4, val_cider_d), and
+    when finetune.select_by is one of them, those of the run's own [decode] settings
+    (val_beam_bleu4, val_beam_cider_d: the captions `evaluate` scores)."""
+    run, dev = source.run, source.dev
+    max_words = run.config.text.max_caption_words
+    greedy = dev_scores_function(model, dev.features, source.dev_references, run.vocabulary,
+                                 max_words)  # fmt: skip
+    if not config.select_by.startswith("val_beam_"):
+        return greedy
+    decoded = dev_scores_function(model, dev.features, source.dev_references, run.vocabulary,
+                                  max_words, run.decoding(), "val_beam_")  # fmt: skip
+    return lambda: {**greedy(), **decoded()}
 
 
 def finetune(
@@ -178,28 +199,30 @@ def finetune(
     """Self-critical training of a trained run's decoder into a new run directory.
 
     Args:
-        source_run: a run directory written by `captioner train`.
+        source_run: a run directory written by `captioner train` (any decoder, pooled or grid),
+            or a shipped one (captioner/reference and its member2).
         run_dir: the new run (created); `caption` and `evaluate` use it like any other.
-        config: the [finetune] settings.
+        config: the [finetune] settings; select_by picks the epoch kept.
         data_root, features_path: default to those the source run was trained on.
         progress: show a progress bar over each epoch's batches.
+
+    Returns: the summary, with `extra` decoding: "greedy", or the run's own decoding
+        (evaluate's name for it, e.g. "beam3") when its scores pick the epoch.
     """
     started = time.perf_counter()
     source = _read_source(source_run, run_dir, data_root, features_path)
     run = source.run
-    with start_run(run, source.info, run_dir, config, "finetune", "val_bleu4") as recorder:
+    with start_run(run, source.info, run_dir, config, "finetune", config.select_by) as recorder:
         model = run.load_model()
-        dev_scores = dev_scores_function(
-            model,
-            source.dev.features,
-            source.dev_references,
-            run.vocabulary,
-            run.config.text.max_caption_words,
-        )
+        dev_scores = _dev_scores(model, source, config)
         epoch_of_training = _SelfCriticalEpoch(model, source, config)
 
         def end_epoch(epoch: int, logs: dict) -> bool:
             return recorder.record(model, epoch, {**logs, **dev_scores()})
 
-        return run_epochs(recorder, config.epochs, lambda epoch, bar: epoch_of_training(bar),
-                          end_epoch, progress, started=started)  # fmt: skip
+        summary = run_epochs(recorder, config.epochs, lambda epoch, bar: epoch_of_training(bar),
+                             end_epoch, progress, started=started)  # fmt: skip
+    beam = run.decoding().beam_size
+    decoding = f"beam{beam}" if config.select_by.startswith("val_beam_") and beam > 1 else "greedy"
+    summary.extra = {"decoding": decoding}
+    return summary
