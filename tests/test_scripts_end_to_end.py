@@ -88,8 +88,7 @@ def test_evaluate_scores_the_run_s_own_tokens_and_says_which(trained):
     print(f"{language}: BLEU-1 {scores['BLEU-1']:.3f}, CIDEr-D {scores['CIDEr-D']:.3f}")
     # Scored on the right tokens, not a proof of learning: measured BLEU-1 / CIDEr-D, zh 0.919 /
     # 5.37 and hi 0.929 / 4.08 (seed 0, the same under oneDNN AVX-512, AVX2 and Eigen), seeds 1
-    # and 2 zh 0.934 / 6.28, 6.01 and hi 0.743 / 1.77, 0.926 / 4.14; captions compared with
-    # references cut at spaces (Chinese as one token) score near 0.
+    # and 2 zh 0.934 / 6.28, 6.01 and hi 0.743 / 1.77, 0.926 / 4.14.
     assert scores["BLEU-1"] > 0.5 and scores["CIDEr-D"] > 0.5
     captions = json.loads((run / "captions-test-greedy.json").read_text(encoding="utf-8"))
     image = captions["images"][0]
