@@ -164,3 +164,18 @@ def test_a_folder_that_is_not_a_cache_is_refused_and_left_as_it_was(flickr8k_dat
     with pytest.raises(CacheError, match=r"photos: not a feature cache \(no store.json\)"):
         extract_features(flickr8k_data, tmp_path / "photos", TINY, progress=False)
     assert [path.name for path in (tmp_path / "photos").iterdir()] == ["a.jpg"]  # lock removed
+
+
+def test_a_shard_into_a_cache_cut_another_way_is_refused_and_leaves_it_readable(
+    flickr8k_data, tmp_path
+):
+    """--shard 1/2 into a finished unsharded cache used to write a done marker that mixed two
+    shard counts, and no stage could read the cache again."""
+    extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False)
+    with pytest.raises(CacheError, match=r"extracted with no --shard, not in 2 shards: extract "
+                       r"it with no --shard again, or give another --features"):  # fmt: skip
+        extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False, shard=Shard(1, 2))
+    assert len(load_feature_cache(tmp_path / "f")) == 160  # still whole and readable
+    extract_features(flickr8k_data, tmp_path / "g", TINY, progress=False, shard=Shard(1, 2))
+    with pytest.raises(CacheError, match=r"extracted with --shard I/2, not without --shard: "):
+        extract_features(flickr8k_data, tmp_path / "g", TINY, progress=False)

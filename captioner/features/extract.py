@@ -23,7 +23,13 @@ from captioner.data.caption_check import checked_dataset
 from captioner.data.images import batches_of_images
 from captioner.data.shards import Shard
 from captioner.errors import CacheError
-from captioner.features.store import STORE_FILE, CacheInfo, CacheWriter, load_feature_cache
+from captioner.features.store import (
+    STORE_FILE,
+    CacheInfo,
+    CacheWriter,
+    find_shards,
+    load_feature_cache,
+)
 from captioner.locks import WriterLock
 
 # A killed extraction loses at most this much work: a part is written every minute, or sooner
@@ -82,7 +88,7 @@ def extract_features(
     dataset = checked_dataset(data_root, text or TextConfig(), notes)
     cache_path = Path(cache_path)
     with _only_writer(cache_path, shard):  # from reading what is cached to the done marker
-        cache = _cache_to_extend(cache_path, encoder, mirror, grid)
+        cache = _cache_to_extend(cache_path, encoder, mirror, grid, shard)
         mine = shard.select(sorted(dataset.captions))
         names = [name for name in mine if cache is None or name not in cache]
         summary = ExtractSummary(cache_path, 0, len(mine) - len(names), {}, 0.0, shard)
@@ -110,16 +116,24 @@ def _only_writer(cache_path: Path, shard: Shard) -> WriterLock:
                       "wait for it to end or stop it")  # fmt: skip
 
 
-def _cache_to_extend(cache_path: Path, encoder: EncoderConfig, mirror, grid):
+def _cache_to_extend(cache_path: Path, encoder: EncoderConfig, mirror, grid, shard: Shard):
     """The cache already in the folder, None if there is none yet: an empty folder, or one that
     holds only hidden files (the locks of shards that started, the store.json another shard's
-    process is writing). Other shards may be missing or unfinished: they are not this one's."""
+    process is writing). Other shards may be missing or unfinished: they are not this one's.
+    A cache cut into another number of shards is refused: its parts and this shard's would mix
+    two counts, and no stage could read it again."""
     if not (cache_path / STORE_FILE).is_file() and all(
         entry.name.startswith(".") for entry in cache_path.iterdir()
     ):
         return None
     cache = load_feature_cache(cache_path, whole=False)  # anything else: not a cache, refused
     cache.check_encoder(cache_path, encoder.name, encoder.weights, mirror, grid)
+    counts = {found.count for found in find_shards(cache_path)} - {shard.count}
+    if counts:
+        given = "no --shard" if counts == {1} else f"--shard I/{counts.pop()}"
+        asked = "without --shard" if shard.whole else f"in {shard.count} shards"
+        raise CacheError(f"{cache_path}: extracted with {given}, not {asked}: "
+                         f"extract it with {given} again, or give another --features")  # fmt: skip
     return cache
 
 
