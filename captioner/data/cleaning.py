@@ -98,12 +98,17 @@ def is_spaceless(char: str) -> bool:
     return bool(_SPACELESS.match(char))
 
 
+def graphemes(text: str) -> list[str]:
+    """The user-perceived characters of `text`: grapheme clusters, a letter with its marks."""
+    return _GRAPHEME.findall(text)
+
+
 def split_characters(word: str) -> list[str]:
     """A cleaned word as `characters` tokens: each grapheme cluster of a spaceless script
     alone, runs of the other graphemes together."""
     tokens: list[str] = []
     run = ""
-    for grapheme in _GRAPHEME.findall(word):
+    for grapheme in graphemes(word):
         if is_spaceless(grapheme[0]):
             tokens += [run, grapheme] if run else [grapheme]
             run = ""
@@ -151,6 +156,8 @@ def ends_spaceless(token: str) -> bool:
 
 def mostly_spaceless(caption: str) -> bool:
     """Whether most of the caption's letters are of scripts written without spaces."""
+    if caption.isascii():  # no such script in ASCII: `auto` decides on COCO in no time
+        return False
     letters = [char for char in caption if unicodedata.category(char)[0] == "L"]
     return 2 * sum(map(is_spaceless, letters)) > len(letters) > 0
 

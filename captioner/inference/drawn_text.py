@@ -15,15 +15,12 @@ import itertools
 import unicodedata
 from dataclasses import dataclass
 
-import regex
 from PIL import ImageDraw, ImageFont
 
-from captioner.data.cleaning import is_spaceless
+from captioner.data.cleaning import graphemes, is_spaceless
 from captioner.inference import fonts
 
 LAYOUT_ENGINE = None  # Pillow's choice: raqm where Pillow has it, else its basic layout
-# A line may break between any two characters of a script written without spaces.
-_GRAPHEME = regex.compile(r"\X")
 
 
 @dataclass(frozen=True)
@@ -101,7 +98,7 @@ def _pieces(text: str, size: float, most: float, context: str):
     that is written in a script without spaces."""
     for word in text.split():
         if any(map(is_spaceless, word)) and width(runs(word, size, context or text)) > most:
-            clusters = _GRAPHEME.findall(word)
+            clusters = graphemes(word)  # a line may break between any two of them
             yield clusters[0], " "
             yield from ((cluster, "") for cluster in clusters[1:])
         else:
@@ -120,7 +117,7 @@ def _layout(run: Run) -> tuple[str, dict]:
     basic layout draws a string from left to right as it comes."""
     if run.font.layout_engine == ImageFont.Layout.RAQM:
         return run.text, {"direction": "rtl" if run.rtl else "ltr"}
-    return ("".join(reversed(_GRAPHEME.findall(run.text))) if run.rtl else run.text), {}
+    return ("".join(reversed(graphemes(run.text))) if run.rtl else run.text), {}
 
 
 def _font(face: fonts.Face, size: float) -> ImageFont.FreeTypeFont:
