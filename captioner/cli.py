@@ -22,7 +22,7 @@ from captioner.options import (
     strategy_option,
     training_options,
 )
-from captioner.quiet import import_tensorflow
+from captioner.quiet import VERBOSE, import_tensorflow
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # Commands that run in a blink without it; caption imports it only when it needs it (not with
@@ -35,7 +35,7 @@ class CaptionerCommand(click.Command):
 
     def invoke(self, ctx):
         if self.name not in WITHOUT_TENSORFLOW:
-            import_tensorflow(verbose=ctx.find_root().params.get("verbose", False))
+            import_tensorflow()
         return super().invoke(ctx)
 
 
@@ -101,6 +101,7 @@ def cli(verbose):
       captioner caption --run runs/flickr8k-efficientnet_lite0 photo.jpg
       captioner evaluate --run runs/flickr8k-efficientnet_lite0 --beam 3
     """
+    VERBOSE["asked"] = verbose  # for TensorFlow's import, wherever it happens
 
 
 def _default_run_dir(data: str, encoder: str) -> Path:
@@ -424,32 +425,27 @@ def caption(images, run_dirs, output, shard, decode_batch, progress, save, atten
         from captioner.inference.api import attention_grid
 
         attention_grid(runs, "--attention")  # one line, before any photo is read
-    from captioner.inference.light import (
-        cached_light_captioner,
-        export_light_in_background,
-        fast_start_note,
-    )
-
-    # The light export's NumPy search carries no attention: --attention decodes here.
-    light = None if output or attention else cached_light_captioner(runs)
-    if light is None:
-        import_tensorflow(verbose=click.get_current_context().find_root().params["verbose"])
     if output:
         drawing = {"--save": save, "--attention": attention}
         _caption_to_file(runs, images, output, decode, shard, progress, drawing, batch)
         return
+    from captioner.inference.api import Captioner
     from captioner.inference.caption import stream_captions
+    from captioner.inference.light import fast_start_note
 
+    # The ONNX engine's NumPy search carries no attention: --attention decodes in TensorFlow.
+    captioner = Captioner.load(*runs, engine="tensorflow" if attention else "auto")
     failures = 0
     for result in stream_captions(runs, list(images), decode, shard, progress=bool(progress),
-                                  light=light, attention=bool(attention), **batch):  # fmt: skip
+                                  captioner=captioner, attention=bool(attention),
+                                  **batch):  # fmt: skip
         if result.caption is None:
             failures += 1
             click.echo(f"{result.path}: cannot read this image ({result.error})", err=True)
         else:
             click.echo(f"{result.path}\t{result.caption}")
             _draw(result, images, save, attention)
-    if light is None and (started := export_light_in_background(runs)):
+    if started := captioner.export_for_fast_start():
         click.echo(fast_start_note(started), err=True)  # said once: when it starts
     if failures:
         sys.exit(1)

@@ -265,15 +265,17 @@ class EncoderFinetuneConfig:
     # back, and flipped left to right half of the time. Off: the photo as `extract` reads it.
     augment: bool = True
     crop_scale: float = 0.8
-    # The epoch kept (encoder and decoder), as train.select_by: the lowest dev loss, or the
-    # highest greedy dev BLEU-4 (which moves by about 0.01 between epochs on Flickr8k's 1,000
-    # dev photos: on seed 0 it stopped the run after 2 epochs while the dev loss still fell).
+    # The epoch kept (encoder and decoder): the lowest dev loss, or the highest dev score as
+    # finetune.select_by names them (greedy BLEU-4 moves by about 0.01 between epochs on
+    # Flickr8k's 1,000 dev photos: on seed 0 it stopped the run after 2 epochs while the dev
+    # loss still fell; val_beam_ scores decode with the run's own settings, as evaluate does).
     select_by: str = "val_loss"
     early_stopping_patience: int = 2  # epochs without a better selection score; 0: never
     seed: int = 0
 
     def __post_init__(self):
-        _check_choice("encoder_finetune.select_by", self.select_by, tuple(SELECT_MODE))
+        _check_choice("encoder_finetune.select_by", self.select_by,
+                      ("val_loss", *FINETUNE_SELECT_BY))  # fmt: skip
         if not 0.1 <= self.crop_scale <= 1.0:
             raise ConfigError(f"encoder_finetune.crop_scale: {self.crop_scale} is not in [0.1, 1]")
 
@@ -291,6 +293,13 @@ class DecodeConfig:
     def __post_init__(self):
         for name, (key, low, high) in DECODE_RANGES.items():
             _check_range(name, getattr(self, key), low, high)
+
+
+def decoding_with(base: DecodeConfig, where: str = "decoding options", **given) -> DecodeConfig:
+    """`base` with the settings `given` by field name (beam_size=3; None keeps the base's),
+    each checked as a config file's value would be; ConfigError names what is wrong."""
+    given = {key: value for key, value in given.items() if value is not None}
+    return merge(Config(decode=base), {"decode": given}, where).decode
 
 
 def _limit(default: float, low: float, high: float | None, help: str):

@@ -44,9 +44,14 @@ HARMLESS_LINES = (
 )
 
 
+# `captioner --verbose`, remembered for wherever TensorFlow ends up imported (a Captioner
+# imports it only if its engine needs it).
+VERBOSE = {"asked": False}
+
+
 def verbose_requested(verbose: bool = False) -> bool:
     """True if TensorFlow's own log lines should be shown: --verbose, or CAPTIONER_DEBUG set."""
-    return verbose or bool(os.environ.get("CAPTIONER_DEBUG"))
+    return verbose or VERBOSE["asked"] or bool(os.environ.get("CAPTIONER_DEBUG"))
 
 
 def import_tensorflow(verbose: bool = False) -> None:

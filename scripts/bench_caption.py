@@ -3,9 +3,9 @@
 In one run, on the first --images photos of the folder (sorted by name):
   pipeline  extract's pipeline for the run's encoder: threaded decoding overlapped with the
             compiled encoder (as scripts/bench_extract.py measures it), no captions;
-  caption   `captioner.inference.caption.make_captioner` end to end (photos read, encoded,
-            beam-searched and captioned), once per --decode-batch, model built and compiled
-            beforehand.
+  caption   `Captioner.caption_files` (captioner.runtime.captioning) end to end (photos
+            read, encoded, beam-searched and captioned), once per --decode-batch, model built
+            and compiled beforehand.
 
 Rounds are interleaved and the best of each is kept: on a shared machine a busy spell slows
 whatever runs then. CPU milliseconds per photo (all threads) hardly depend on other load.
@@ -43,9 +43,13 @@ def pipeline(run, paths, batch_size: int):
 
 def captioning(runs, photos, decode, batch_size: int, decode_batch: int):
     """f() -> photos captioned, all of `photos`; the model built and compiled beforehand."""
-    from captioner.inference.caption import make_captioner
+    from captioner.inference.api import Captioner
 
-    caption = make_captioner(runs, decode, batch_size, decode_batch)
+    captioner = Captioner.load(*runs)
+
+    def caption(some):
+        return captioner.caption_files(some, decode, batch_size, decode_batch)
+
     for _ in caption(photos[: max(batch_size, decode_batch)]):
         pass
 

@@ -115,7 +115,7 @@ def test_a_trained_run_and_an_ensemble_load_by_directory(flickr8k_data, tmp_path
     # One compiled decoder per setting, the oldest dropped past DECODERS_KEPT.
     for length in range(1, api.DECODERS_KEPT + 3):
         assert len(captioner.caption(photo, beam=1, max_length=length).split()) <= length
-    assert len(captioner._decoders) == api.DECODERS_KEPT
+    assert len(captioner.engine._decoders) == api.DECODERS_KEPT
     with pytest.raises(RunError, match="run directory not found"):
         Captioner.load(tmp_path / "nowhere")
 
@@ -129,3 +129,11 @@ def test_batches_are_padded_to_the_encoders_sizes_and_split_past_them(shipped_ca
         assert features.shape == (count, alone.shape[1])
         # Measured: 0 to 2.5e-6 apart (AVX2 kernels; features up to 3.4), 40 times under 1e-4.
         np.testing.assert_allclose(features, np.repeat(alone, count, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_the_onnx_engine_is_refused_in_one_line_until_an_export_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path))
+    with pytest.raises(ConfigError, match="no ONNX export of this model is cached yet"):
+        Captioner.load(engine="onnx")
+    with pytest.raises(ConfigError, match="'fast' is not one of tensorflow, onnx, auto"):
+        Captioner.load(engine="fast")

@@ -230,6 +230,14 @@ def test_caption_starts_from_a_cached_light_export_once_the_first_call_made_it(p
     assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout  # the same captions, without TensorFlow
     assert "fast start:" not in second.stderr
+    with pytest.MonkeyPatch.context() as patch:  # the Python API picks the same engine
+        patch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
+        patch.setenv("CAPTIONER_FAST_START", "1")
+        from captioner import Captioner
+
+        fast = Captioner.load(engine="auto")
+        assert fast.engine_name == "onnx" and fast.describe()["engine"] == "onnx"
+        assert fast.caption(photos) == [row.split("\t")[1] for row in first.stdout.splitlines()]
     listed = python(CLI, "cache", cwd=tmp_path, env=env)
     (exported,) = [p for p in light.glob("*-onnx-1") if p.is_dir()]
     # The package's 8-bit matrices stay 8-bit in the export (float32, it was 103.5 MB).

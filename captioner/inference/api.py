@@ -8,6 +8,10 @@
     captioner.caption("photo.jpg", scores=True)      # ('...', -0.62)
     Captioner.load("runs/seed0", "runs/seed1")       # a run of yours, or an ensemble
     Captioner.load("runs/att").caption("photo.jpg", attention=True)  # ('...', (words, rows, cols))
+    Captioner.load(engine="auto")                    # the cached ONNX export if there is one
+
+What is the same whatever computes the captions (reading, batching, decoding settings, words)
+is captioner.runtime.captioning.Captioner; this one adds loading runs and TensorFlow.
 
 Photos go through the same reading as `captioner caption` (captioner.data.images.prepare_image),
 so a file, the PIL image opened from it and its pixels as an array get the same caption.
@@ -27,16 +31,14 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from captioner.config import DECODE_RANGES, DecodeConfig
-from captioner.errors import ConfigError, ImageError
+from captioner.config import DecodeConfig
+from captioner.errors import ConfigError
 from captioner.model.ensembles import load_runs
 from captioner.model.rundir import Run
+from captioner.runtime import captioning
+from captioner.runtime.captioning import CAPTION_BATCH
 
-# Photos per model call (encoder, then decoder) in caption(): large enough to keep the CPU's
-# cores busy, small enough that the decoded photos of one call stay a few MB.
-CAPTION_BATCH = 32
 # The encoder's batch sizes, as TF Serving's allowed_batch_sizes: a batch is padded with blank
 # photos up to the next one (their features dropped), larger ones split in 16s. Each batch size
 # the encoder meets costs about 11 MB the first time (oneDNN's buffers for that shape; measured
@@ -63,9 +65,10 @@ def attention_grid(runs: list[Run], what: str = "attention") -> tuple[int, int]:
     return (side, side) if side * side == run.encoder.cells else (1, run.encoder.cells)
 
 
-class Captioner:
-    """A run (or an ensemble of runs) ready to caption: its encoder built and compiled once, its
-    decoder's steps once, and one compiled search per decoding setting, kept as used."""
+class TensorFlowEngine:
+    """A run (or an ensemble of runs) in TensorFlow, as a Captioner's engine: its encoder
+    built and compiled once, its decoder's steps once, and one compiled search per decoding
+    setting, kept as used."""
 
     def __init__(self, runs: list[Run]):
         from captioner.features.encoders import make_encode_function
@@ -77,6 +80,9 @@ class Captioner:
         run = runs[0]
         self.vocabulary = run.vocabulary
         self.input_size = run.encoder.input_size
+        self.decoding = run.decoding()
+        self.batch_size = run.config.encoder.batch_size
+        self.attends = run.config.model.needs_grid
         # One encoder, or one per fine-tuned member of an ensemble (captioner.model.rundir).
         # batch_size 1: no padding there (features() pads to ENCODER_BATCH_SIZES); after its
         # second batch size the compiled forward pass takes any size without retracing.
@@ -84,131 +90,8 @@ class Captioner:
         self._steps = decoder_steps(runs)
         self._decoders: OrderedDict[tuple[DecodeConfig, bool], object] = OrderedDict()
 
-    @property
-    def attends(self) -> bool:
-        """Whether its decoder attends over a grid, so that caption(attention=True) works."""
-        return self.runs[0].config.model.needs_grid
-
-    @classmethod
-    def load(cls, *run_dirs: str | os.PathLike | Run) -> Captioner:
-        """No argument: the shipped Flickr8k model. One run directory, or several to decode as
-        an ensemble (same vocabulary and encoder; checked). Raises RunError naming what is
-        missing."""
-        return cls(load_runs(list(run_dirs) or None))
-
-    def decoding(
-        self, beam=None, max_length=None, length_penalty=None, no_repeat_ngram=None
-    ) -> DecodeConfig:
-        """The run's own decoding settings with those given on top; ConfigError if out of range
-        (captioner.config.DECODE_RANGES)."""
-        given = {"beam": beam, "max_length": max_length}
-        given |= {"length_penalty": length_penalty, "no_repeat_ngram": no_repeat_ngram}
-        return self.runs[0].decoding(
-            **{DECODE_RANGES[name][0]: value for name, value in given.items()}
-        )
-
-    def caption(
-        self,
-        photos,
-        beam: int | None = None,
-        max_length: int | None = None,
-        length_penalty: float | None = None,
-        no_repeat_ngram: int | None = None,
-        scores: bool = False,
-        attention: bool = False,
-    ):
-        """Captions one photo or a list of them.
-
-        Args:
-            photos: a path (str or Path), a PIL image, a uint8 array (height, width, 3), or a
-                list of those. A PIL image straight from Image.open, its pixels not loaded yet,
-                is read as its file is (a large JPEG at reduced scale, which resizes that image
-                object; pass image.copy() to keep it as it is).
-            beam, max_length, length_penalty, no_repeat_ngram: decoding settings; None keeps
-                the run's own (the shipped model: beam 3, length penalty 0.7, no repeated
-                trigrams).
-            scores: also return each caption's score, log P(caption | photo) / length **
-                length_penalty (length counts the end token): the number beam search ranks
-                by, computed the same way for greedy captions. Higher is more confident.
-            attention: also return, for a run with a grid decoder, the weights each
-                word was predicted with, float32 (words, rows, columns) over the encoder's
-                grid, each map summing to 1: those the search that chose the caption carried
-                for it (an ensemble: the mean of its members'). The caption is the same.
-        Returns:
-            A caption for one photo, a list for a list; with scores, (caption, score) pairs;
-            with attention, (caption, weights), or (caption, score, weights) with both.
-        Raises:
-            ImageError for a photo that cannot be read, ConfigError for a bad setting or for
-            attention from a run without it.
-        """
-        decoding = self.decoding(beam, max_length, length_penalty, no_repeat_ngram)
-        if attention:
-            attention_grid(self.runs, "attention=True")
-        many = isinstance(photos, list | tuple)
-        photos = list(photos) if many else [photos]
-        results = []
-        for start in range(0, len(photos), CAPTION_BATCH):
-            chunk = np.stack([self.prepare(p) for p in photos[start : start + CAPTION_BATCH]])
-            results += self.caption_images(chunk, decoding, attention)
-        keep = [True, scores, attention]  # caption, score, weights
-        results = [tuple(x for x, kept in zip(r, keep) if kept) for r in results]
-        results = [r[0] if len(r) == 1 else r for r in results]
-        return results if many else results[0]
-
-    def prepare(self, photo) -> np.ndarray:
-        """One photo as the encoder reads it, uint8 (input_size, input_size, 3)."""
-        from captioner.data.images import prepare_image, try_load_image
-
-        if isinstance(photo, str | os.PathLike):
-            image = try_load_image(photo, self.input_size)
-            if isinstance(image, str):
-                raise ImageError(f"{Path(photo)}: cannot read this image ({image})")
-            return image
-        if isinstance(photo, np.ndarray) and photo.dtype == np.uint8 and photo.ndim == 3:
-            if photo.shape[2] == 3:
-                photo = Image.fromarray(photo, "RGB")
-        if isinstance(photo, Image.Image):
-            try:
-                return prepare_image(photo, self.input_size)
-            except Exception as error:  # a damaged file behind a lazily loaded image
-                reason = f"{type(error).__name__}: {error}".splitlines()[0]
-                raise ImageError(f"cannot read this image ({reason})") from None
-        shape = f" of shape {photo.shape} and type {photo.dtype}" if hasattr(photo, "shape") else ""
-        raise ImageError(
-            f"cannot caption a {type(photo).__name__}{shape}: give a path, a PIL image or a "
-            "uint8 array of shape (height, width, 3)"
-        )
-
-    def caption_images(
-        self, images: np.ndarray, decoding: DecodeConfig, attention: bool = False
-    ) -> list[tuple]:
-        """(caption, score) for each photo of a batch already prepared, uint8 (N, size, size,
-        3): one encoder call and one decoder call (what captioner.serving.app's batches run).
-        attention: (caption, score, weights (words, rows, columns)), see captions_of_features."""
-        size = self.input_size
-        if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
-            raise ImageError(f"expected uint8 photos (N, {size}, {size}, 3), got {images.shape}")
-        if not len(images):
-            return []
-        return self.captions_of_features(self.features(images), decoding, attention)
-
-    def captions_of_features(
-        self, features: np.ndarray, decoding: DecodeConfig, attention: bool = False
-    ) -> list[tuple]:
-        """(caption, score) for each row of encoder features (N, feature_dim): one decoder
-        call (what `captioner caption` runs on chunks of encoded photos). attention: (caption,
-        score, weights) with the weights (words, rows, columns) of each word, from the same
-        search (ConfigError for a run without attention)."""
-        grid = attention_grid(self.runs, "attention") if attention else None
-        ids, values, *maps = self._decoder(decoding, attention)(features)
-        results = []
-        for i, (row, value) in enumerate(zip(ids, values)):
-            words = self.vocabulary.decode(row)
-            result = (self.vocabulary.join(words), float(value))
-            if grid:  # a map per word: <start> and <pad> are never generated, so they align
-                result += (maps[0][i, : len(words)].reshape(len(words), *grid),)
-            results.append(result)
-        return results
+    def attention_grid(self, what: str) -> tuple[int, int]:
+        return attention_grid(self.runs, what)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """The encoder's features of prepared photos (N, size, size, 3), in batches of
@@ -222,6 +105,70 @@ class Captioner:
             padded = np.concatenate([chunk, blank])
             parts.append(np.hstack([encode(padded)[: len(chunk)] for encode in self._encoders]))
         return np.concatenate(parts)
+
+    def search(self, features: np.ndarray, decoding: DecodeConfig, attention: bool = False):
+        """The compiled search for these settings; with attention, the one that also carries
+        the weights (its own graph: plain decoding never pays for them)."""
+        from captioner.model.search import make_decoder
+
+        key = (decoding, attention)
+        if key in self._decoders:
+            self._decoders.move_to_end(key)
+        else:
+            vocabulary_size = len(self.vocabulary)
+            self._decoders[key] = make_decoder(
+                self._steps, vocabulary_size, decoding, scores=True, attention=attention
+            )
+            while len(self._decoders) > DECODERS_KEPT:
+                self._decoders.popitem(last=False)
+        return self._decoders[key](features)
+
+
+ENGINES = ("tensorflow", "onnx", "auto")
+
+
+class Captioner(captioning.Captioner):
+    """A run (or an ensemble of runs) ready to caption: captioner.runtime.captioning.Captioner
+    with TensorFlow as its engine, or the runs' cached ONNX export (see load)."""
+
+    def __init__(self, runs: list[Run], engine=None):
+        super().__init__(engine or TensorFlowEngine(runs))
+        self.runs = runs
+
+    @classmethod
+    def load(cls, *run_dirs: str | os.PathLike | Run, engine: str = "tensorflow") -> Captioner:
+        """No argument: the shipped Flickr8k model. One run directory, or several to decode as
+        an ensemble (same vocabulary and encoder; checked). Raises RunError naming what is
+        missing.
+
+        engine: "tensorflow" (everything, attention included), "onnx" (the runs' export cached
+        by an earlier `captioner caption`, captioner.inference.light: starts in about a second,
+        same captions, no attention; ConfigError if there is none yet) or "auto" (onnx when
+        cached, else tensorflow)."""
+        from captioner.inference.light import cached_light_engine
+
+        if engine not in ENGINES:
+            raise ConfigError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
+        runs = load_runs(list(run_dirs) or None)
+        light = cached_light_engine(runs) if engine != "tensorflow" else None
+        if engine == "onnx" and light is None:
+            raise ConfigError("engine: no ONNX export of this model is cached yet: caption "
+                              "once with engine='tensorflow' (`captioner caption`)")  # fmt: skip
+        return cls(runs, light)
+
+    @property
+    def engine_name(self) -> str:
+        return "tensorflow" if isinstance(self.engine, TensorFlowEngine) else "onnx"
+
+    def export_for_fast_start(self) -> Path | None:
+        """After captioning through TensorFlow: starts exporting the runs into the fast-start
+        cache in the background (captioner.inference.light); the folder, or None if it
+        started nothing."""
+        from captioner.inference.light import export_light_in_background
+
+        if self.engine_name != "tensorflow":
+            return None
+        return export_light_in_background(self.runs)
 
     def features_of_files(self, paths: list[Path], batch_size: int = CAPTION_BATCH) -> np.ndarray:
         """features() of photo files; ImageError naming the first that cannot be read."""
@@ -238,7 +185,7 @@ class Captioner:
         blank = blank.astype(np.uint8)
         for count in ENCODER_BATCH_SIZES:
             self.features(blank[:count])
-        self.caption_images(blank[:largest_batch], self.decoding())
+        self.caption_batch(blank[:largest_batch], self.decoding())
 
     def describe(self) -> dict:
         """What is loaded: the run directories, encoder, vocabulary and decoding settings."""
@@ -251,21 +198,5 @@ class Captioner:
             "vocabulary_size": len(self.vocabulary),
             "decoding": dataclasses.asdict(self.decoding()),
             "attention": self.attends,
+            "engine": self.engine_name,
         }
-
-    def _decoder(self, decoding: DecodeConfig, attention: bool = False):
-        """The compiled search for these settings; with attention, the one that also carries
-        the weights (its own graph: plain decoding never pays for them)."""
-        from captioner.model.search import make_decoder
-
-        key = (decoding, attention)
-        if key in self._decoders:
-            self._decoders.move_to_end(key)
-        else:
-            vocabulary_size = len(self.vocabulary)
-            self._decoders[key] = make_decoder(
-                self._steps, vocabulary_size, decoding, scores=True, attention=attention
-            )
-            while len(self._decoders) > DECODERS_KEPT:
-                self._decoders.popitem(last=False)
-        return self._decoders[key]

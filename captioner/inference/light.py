@@ -65,18 +65,18 @@ def _enabled(*modules: str) -> bool:
     return all(importlib.util.find_spec(module) is not None for module in modules)
 
 
-def cached_light_captioner(runs: list[Run]):
-    """The runs' cached light export, loaded (captioner.runtime.exported.ExportedCaptioner), or
-    None when there is none yet, it cannot be read, or the fast start is off."""
+def cached_light_engine(runs: list[Run]):
+    """The runs' cached light export as a Captioner's engine (captioner.runtime.exported.
+    OnnxEngine), or None when there is none yet, it cannot be read, or the fast start is off."""
     if not _enabled("onnxruntime"):
         return None
     folder = light_export_dir(runs)
     if not folder.is_dir():
         return None
-    from captioner.runtime.exported import ExportedCaptioner
+    from captioner.runtime.exported import OnnxEngine
 
     try:
-        return ExportedCaptioner(folder)
+        return OnnxEngine(folder)
     except Exception:  # damaged (onnxruntime has errors of its own): TensorFlow serves, and
         shutil.rmtree(folder, ignore_errors=True)  # the next call exports it again
         return None

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from captioner.config import Config, DecodeConfig, config_from_dict, merge
+from captioner.config import Config, DecodeConfig, config_from_dict, decoding_with
 from captioner.data.text import Vocabulary
 from captioner.errors import RunError
 from captioner.files import what_is_wrong, write_atomic, write_through_temporary
@@ -146,8 +146,7 @@ class Run:
     def decoding(self, **overrides) -> DecodeConfig:
         """The run's decoding settings (those chosen on dev, for the shipped model) with
         `overrides` (None values ignored) on top."""
-        given = {key: value for key, value in overrides.items() if value is not None}
-        return merge(self.config, {"decode": given}, "decoding options").decode
+        return decoding_with(self.config.decode, **overrides)
 
 
 def save_weights_npz(model, folder: str | Path, name: str = WEIGHTS_FILE, dtype=np.float16):

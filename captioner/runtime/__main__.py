@@ -14,13 +14,13 @@ import sys
 def main(argv: list[str]) -> int:
     from captioner.data.images import find_some_photos
     from captioner.errors import CaptionerError
-    from captioner.runtime.exported import ExportedCaptioner
+    from captioner.runtime.captioning import Captioner
 
     if len(argv) < 2 or argv[0] in ("-h", "--help"):
         print(__doc__.strip(), file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     try:
-        captioner = ExportedCaptioner(argv[0])
+        captioner = Captioner.from_export(argv[0])
         photos = find_some_photos(argv[1:])
     except CaptionerError as error:
         if os.environ.get("CAPTIONER_DEBUG"):
@@ -28,12 +28,13 @@ def main(argv: list[str]) -> int:
         print(f"Error: {error}", file=sys.stderr)
         return 1
     failed = 0
-    for path, caption, detail in captioner.caption_files([photo.path for photo in photos]):
-        if caption is None:
-            failed += 1
-            print(f"{path}: cannot read this image ({detail})", file=sys.stderr)
-        else:
-            print(f"{path}\t{caption}", flush=True)
+    for chunk in captioner.caption_files(photos):
+        for result in chunk:
+            if result.caption is None:
+                failed += 1
+                print(f"{result.path}: cannot read this image ({result.error})", file=sys.stderr)
+            else:
+                print(f"{result.path}\t{result.caption}", flush=True)
     return 1 if failed else 0
 
 

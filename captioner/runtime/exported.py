@@ -1,4 +1,4 @@
-"""An ONNX export of `captioner export --format onnx`, loaded and captioning photos.
+"""An ONNX export of `captioner export --format onnx`, as the engine of a Captioner.
 
 Photos are read by captioner.data.images (Pillow), as `captioner caption` reads them; start.onnx
 turns them into the decoders' first state and step.onnx gives each next word's probabilities,
@@ -15,7 +15,7 @@ import numpy as np
 from captioner.config import EXPORT_MANIFEST as MANIFEST_FILE
 from captioner.config import DecodeConfig
 from captioner.data.text import Vocabulary
-from captioner.errors import RunError
+from captioner.errors import ConfigError, RunError
 from captioner.files import what_is_wrong
 
 BATCH = 16  # photos encoded and searched together
@@ -41,16 +41,21 @@ class _OnnxSteps:
         return log_probs, new_state
 
 
-class ExportedCaptioner:
-    """A folder written by `captioner export --format onnx`, ready to caption."""
+class OnnxEngine:
+    """A folder written by `captioner export --format onnx` as a Captioner's engine
+    (captioner.runtime.captioning): its "features" are the photos themselves, which start.onnx
+    encodes inside the search."""
+
+    attends = False  # the NumPy search carries no attention weights
+    batch_size = BATCH
 
     def __init__(self, folder: str | Path):
         try:
             import onnxruntime
         except ImportError:
             raise RunError("the runtime needs onnxruntime: pip install 'captioner[lite]'") from None
-        folder = Path(folder)
-        manifest = _read_manifest(folder)
+        self.folder = Path(folder)
+        manifest = _read_manifest(self.folder)
         words = manifest["vocabulary"]  # the special tokens first, as in vocabulary.json
         # Exports made before captions in other scripts hold words.
         self.vocabulary = Vocabulary(words[4:], tokenizer=manifest.get("tokenizer", "words"))
@@ -60,34 +65,27 @@ class ExportedCaptioner:
         options.log_severity_level = 3  # errors only: no warnings about unused initializers
         # An 8-bit export's DequantizeLinear nodes compute the package's float32 weights; left
         # to itself, onnxruntime fuses them with their MatMuls into integer arithmetic, whose
-        # other rounding changed 1 caption in 100 of the shipped pair (captioner.export.int8_onnx).
+        # other rounding changed 1 caption in 100 of the shipped pair
+        # (captioner.export.int8_weights).
         options.add_session_config_entry("session.disable_quant_qdq", "1")
-        sessions = [_session(onnxruntime, folder / f"{name}.onnx", options, manifest)
+        sessions = [_session(onnxruntime, self.folder / f"{name}.onnx", options, manifest)
                     for name in ("start", "step")]  # fmt: skip
         self._steps = _OnnxSteps(*sessions, manifest.get("max_words"))
 
-    def caption_images(self, photos: np.ndarray, decoding=None) -> list[tuple[str, float]]:
-        """(caption, score) for prepared photos, uint8 (N, size, size, 3), with the exported
-        decoding settings or `decoding` (any object with DecodeConfig's fields)."""
+    def features(self, images: np.ndarray) -> np.ndarray:
+        return images
+
+    def search(self, photos: np.ndarray, decoding: DecodeConfig, attention: bool = False):
         from captioner.runtime.search import decode
 
-        ids, scores = decode(self._steps, photos.astype(np.float32), len(self.vocabulary),
-                             decoding or self.decoding, batch_size=BATCH, scores=True)  # fmt: skip
-        words = self.vocabulary
-        return [(words.join(words.decode(row)), float(score)) for row, score in zip(ids, scores)]
+        if attention:
+            self.attention_grid("attention")
+        return decode(self._steps, photos.astype(np.float32), len(self.vocabulary), decoding,
+                      batch_size=BATCH, scores=True)  # fmt: skip
 
-    def caption_files(self, paths: list[Path]):
-        """Yields (path, caption or None, score or error) for each file, BATCH at a time."""
-        from captioner.data.images import try_load_image
-
-        for first in range(0, len(paths), BATCH):
-            chunk = paths[first : first + BATCH]
-            images = [try_load_image(path, self.input_size) for path in chunk]
-            good = [(p, i) for p, i in zip(chunk, images) if not isinstance(i, str)]
-            results = self.caption_images(np.stack([i for _, i in good])) if good else []
-            found = dict(zip([p for p, _ in good], results))
-            for path, image in zip(chunk, images):
-                yield (path, *found[path]) if path in found else (path, None, image)
+    def attention_grid(self, what: str) -> tuple[int, int]:
+        raise ConfigError(f"{what}: {self.folder} is an ONNX export, whose search carries no "
+                          "attention: caption with the run itself to draw it")  # fmt: skip
 
 
 def _export_again(folder: Path) -> str:

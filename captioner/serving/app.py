@@ -38,7 +38,7 @@ from starlette.routing import Route
 from captioner.config import DECODE_RANGES, ServeConfig
 from captioner.data.images import IMAGE_FORMATS, decode_image
 from captioner.errors import ConfigError, ImageError, ImageTooLarge
-from captioner.inference.api import Captioner, attention_grid
+from captioner.inference.api import Captioner
 from captioner.inference.attention_maps import words_of
 from captioner.serving.batcher import Batcher
 
@@ -121,7 +121,7 @@ class _Service:
         """One batch on the model thread: one encoder call, one decoder call. key: (decoding
         settings, attention), so that a batch never mixes searches."""
         decoding, attention = key
-        return self.captioner.caption_images(np.stack(images), decoding, attention)
+        return self.captioner.caption_batch(np.stack(images), decoding, attention)
 
     async def page(self, request: Request) -> HTMLResponse:
         return HTMLResponse(self.page_html)
@@ -195,7 +195,7 @@ def _attention(captioner: Captioner, request: Request) -> bool:
         raise BadRequest(400, f"attention: {text[:40]!r} is not 0 or 1")
     if text == "1":
         try:
-            attention_grid(captioner.runs, "attention=1")
+            captioner.attention_grid("attention=1")
         except ConfigError as error:
             raise BadRequest(400, str(error)) from None
     return text == "1"
