@@ -54,7 +54,7 @@ def test_an_onnx_export_keeps_int8_matrices_and_computes_the_same_numbers(tmp_pa
     import onnxruntime
     from onnx import TensorProto, helper, numpy_helper
 
-    from captioner.export.int8_onnx import keep_int8
+    from captioner.export.int8_weights import keep_int8
     from captioner.model.int8 import dequantize_int8
 
     rng = np.random.default_rng(0)
@@ -90,3 +90,43 @@ def test_an_onnx_export_keeps_int8_matrices_and_computes_the_same_numbers(tmp_pa
     after = onnxruntime.InferenceSession(str(path), options).run(None, feed)
     for old, new in zip(before, after):
         np.testing.assert_array_equal(old, new)
+
+
+def test_a_saved_model_keeps_int8_matrices_in_its_graph_and_computes_the_same_numbers(tmp_path):
+    """Frozen into constants, a weight that is an int8 matrix dequantized (as it is or
+    transposed, read outside or inside a loop) becomes int8 + scales + Cast and Mul; the saved
+    graph, loaded as TF Serving loads it, computes the very same outputs."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    from captioner.export.int8_weights import keep_int8_in_graph
+    from captioner.export.saved_model import _save_graph
+    from captioner.model.int8 import dequantize_int8
+
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(96, 128)).astype(np.float32)
+    loop = rng.normal(size=(128, 128)).astype(np.float32) / 8
+    embedding = (rng.normal(size=(200, 128)) * rng.uniform(0.1, 3, (200, 1))).astype(np.float32)
+    pairs = [quantize_int8(m) for m in (kernel, loop, embedding)]
+    k, m, e = (tf.Variable(dequantize_int8(q, s)) for q, s in pairs)
+    e_t = tf.Variable(tf.transpose(e))  # stored transposed, as a Keras head may read it
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 96], tf.float32)])
+    def f(x):
+        h = tf.tanh(x @ k)
+        _, h = tf.while_loop(lambda i, h: i < 3, lambda i, h: (i + 1, tf.tanh(h @ m)), (0, h))
+        return {"logits": h @ e_t}
+
+    x = rng.normal(size=(5, 96)).astype(np.float32)
+    want = f(tf.constant(x))["logits"].numpy()
+    frozen = convert_variables_to_constants_v2(f.get_concrete_function())
+    graph_def = frozen.graph.as_graph_def()
+    float_size = graph_def.ByteSize()
+    assert keep_int8_in_graph(graph_def, pairs) == 3
+    assert graph_def.ByteSize() < 0.4 * float_size
+    _save_graph(graph_def, frozen.inputs[0].name, {"logits": frozen.outputs[0].name},
+                tmp_path / "saved")  # fmt: skip
+    serve = tf.saved_model.load(str(tmp_path / "saved")).signatures["serving_default"]
+    np.testing.assert_array_equal(serve(images=tf.constant(x))["logits"].numpy(), want)

@@ -1,11 +1,12 @@
-"""ONNX exports that keep a package's 8-bit weights: 20 MB of int8 matrices instead of 80 MB of
-float32 ones.
+"""Exports that keep a package's 8-bit weights: 20 MB of int8 matrices instead of 80 MB of
+float32 ones, in the ONNX files and in the SavedModel.
 
-tf2onnx writes every weight as a float32 initializer. A matrix that the run stores in 8 bits
-(captioner.model.int8) holds exactly q * scale in float32, so its initializer is found by its
-bytes (as it is, transposed, or a block of its rows) and replaced by the int8 matrix,
-its scales, and a DequantizeLinear node that computes the same float32 numbers inside the graph:
-the same log-probabilities to the bit, the same captions.
+tf2onnx, and TensorFlow's graph with its variables frozen into constants, write every weight as
+float32. A matrix that the run stores in 8 bits (captioner.model.int8) holds exactly q * scale
+in float32, so its constant is found by its bytes (as it is, transposed, or a block of its
+rows) and replaced by the int8 matrix, its scales, and the product that computes the same
+float32 numbers inside the graph (ONNX: DequantizeLinear; TensorFlow: Cast and Mul): the same
+log-probabilities to the bit, the same captions.
 """
 
 from __future__ import annotations
@@ -90,3 +91,68 @@ def keep_int8(path: Path, pairs) -> int:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return replaced
+
+
+def keep_int8_in_graph(graph_def, pairs) -> int:
+    """Rewrites a frozen TensorFlow GraphDef in place: each float32 constant that is one of the
+    int8 matrices of `pairs` (or its transpose, or a block of its rows) becomes an int8
+    constant times its scales, in the graph and in the functions of its library (the search's
+    loops); returns how many it replaced."""
+    if not pairs:
+        return 0
+    wanted = _Rows(pairs)
+    replaced = _int8_nodes(graph_def.node, wanted, inside_function=False)
+    for function in graph_def.library.function:
+        replaced += _int8_nodes(function.node_def, wanted, inside_function=True)
+    return replaced
+
+
+def _int8_nodes(nodes, wanted: _Rows, inside_function: bool) -> int:
+    """Replaces the matching Const nodes of `nodes` (a repeated NodeDef field): the node keeps
+    its name, as an Identity of Cast(q) * scale, so every reader of it reads the same."""
+    import tensorflow as tf
+
+    replaced = 0
+    for node in list(nodes):
+        if node.op != "Const" or node.attr["dtype"].type != tf.float32.as_datatype_enum:
+            continue
+        dims = [d.size for d in node.attr["value"].tensor.tensor_shape.dim]
+        if len(dims) != 2 or dims[0] * dims[1] < INT8_MIN_SIZE:
+            continue
+        match = wanted.find(tf.make_ndarray(node.attr["value"].tensor))
+        if match is None:
+            continue
+        q, scale, axis = match
+        scale = scale.reshape((-1, 1) if axis == 0 else (1, -1)).astype(np.float32)
+        nodes.remove(node)
+        nodes.extend(_dequantize(node.name, q, scale, node.device, inside_function))
+        replaced += 1
+    return replaced
+
+
+def _dequantize(name: str, q: np.ndarray, scale: np.ndarray, device: str, inside_function):
+    """The NodeDefs computing `name` = float32(q) * scale (a function body names outputs by
+    their argument: Cast's y, Mul's z)."""
+    import tensorflow as tf
+
+    def out(node: str, arg: str) -> str:
+        return f"{node}:{arg}:0" if inside_function else node
+
+    def const(suffix: str, array: np.ndarray):
+        node = tf.compat.v1.NodeDef(name=f"{name}/{suffix}", op="Const", device=device)
+        node.attr["dtype"].type = tf.as_dtype(array.dtype).as_datatype_enum
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.ascontiguousarray(array)))
+        return node
+
+    def op(suffix: str, kind: str, inputs: list[str], **types):
+        node = tf.compat.v1.NodeDef(name=f"{name}{suffix}", op=kind, input=inputs, device=device)
+        for key, dtype in types.items():
+            node.attr[key].type = dtype.as_datatype_enum
+        return node
+
+    cast = op("/float", "Cast", [out(f"{name}/q", "output")], SrcT=tf.int8, DstT=tf.float32)
+    cast.attr["Truncate"].b = False
+    mul = op("/dequantized", "Mul", [out(f"{name}/float", "y"), out(f"{name}/scale", "output")],
+             T=tf.float32)  # fmt: skip
+    identity = op("", "Identity", [out(f"{name}/dequantized", "z")], T=tf.float32)
+    return [const("q", q), const("scale", scale), cast, mul, identity]

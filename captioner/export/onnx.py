@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from captioner.errors import ConfigError
-from captioner.export.int8_onnx import int8_matrices, keep_int8
+from captioner.export.int8_weights import int8_matrices, keep_int8
 from captioner.model.ensembles import decoder_steps, encoder_runs
 from captioner.model.rundir import Run
 

@@ -74,15 +74,47 @@ def caption_function(runs: list[Run], decoding: DecodeConfig):
 
 def write_saved_model(runs: list[Run], decoding: DecodeConfig, folder: Path) -> None:
     """The SavedModel of `runs` decoding with `decoding` into `folder`, traced on the CPU (a
-    graph traced on a GPU would carry cuDNN kernels that a CPU cannot run)."""
+    graph traced on a GPU would carry cuDNN kernels that a CPU cannot run).
+
+    The weights are frozen into the graph as constants, and those the runs store in 8 bits stay
+    8-bit there (captioner.export.int8_weights: the shipped pair's SavedModel is about the
+    package plus its encoder, not 107 MB of float32); the graph is saved with its one
+    signature, as TF Serving and tf.saved_model.load read it."""
     import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    from captioner.export.int8_weights import int8_matrices, keep_int8_in_graph
 
     with tf.device("/cpu:0"):
-        caption, models = caption_function(runs, decoding)
-        module = tf.Module()
-        # The models' variables, each saved once (Keras' ExportArchive saved them twice).
-        module.weights = [weight.value for model in models for weight in model.weights]
+        caption, models = caption_function(runs, decoding)  # alive until their weights are frozen
         signature = [tf.TensorSpec([None], tf.string, name="images")]
-        module.caption = tf.function(caption, input_signature=signature)
-        serving = module.caption.get_concrete_function()
-        tf.saved_model.save(module, str(folder), signatures={"serving_default": serving})
+        traced = tf.function(caption, input_signature=signature).get_concrete_function()
+        frozen = convert_variables_to_constants_v2(traced)
+    del models
+    graph_def = frozen.graph.as_graph_def()
+    keep_int8_in_graph(graph_def, int8_matrices(runs))
+    names = sorted(traced.structured_outputs)  # flattened in the order of their keys
+    outputs = dict(zip(names, [tensor.name for tensor in frozen.outputs]))
+    _save_graph(graph_def, frozen.inputs[0].name, outputs, folder)
+
+
+def _save_graph(graph_def, images: str, outputs: dict[str, str], folder: Path) -> None:
+    """A SavedModel of one graph without variables and its `serving_default` signature."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+        signature = tf.compat.v1.saved_model.predict_signature_def(
+            {"images": graph.get_tensor_by_name(images)},
+            {key: graph.get_tensor_by_name(name) for key, name in outputs.items()},
+        )
+        with tf.compat.v1.Session(graph=graph) as session:
+            builder = tf.compat.v1.saved_model.Builder(str(folder))
+            builder.add_meta_graph_and_variables(
+                session, [tf.saved_model.SERVING],
+                signature_def_map={"serving_default": signature}, strip_default_attrs=True,
+            )  # fmt: skip
+            builder.save()
