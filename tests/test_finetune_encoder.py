@@ -236,6 +236,28 @@ def updown_tuned(flickr8k_data, tmp_path_factory):
     return source, folder / "tuned", result.output, history
 
 
+@pytest.mark.slow
+def test_finetune_encoder_keeps_the_epoch_its_beam_search_scores_best(updown_tuned, tmp_path):
+    """select_by=val_beam_cider_d: the dev photos decoded each epoch with the run's own beam
+    search, as `evaluate` scores them; the epoch kept is the best of those, epoch 0 included."""
+    source = updown_tuned[0]
+    args = ["finetune-encoder", "--run", source, "--run-dir", tmp_path / "beam", "--epochs", 1,
+            "--learning-rate", 0.01, "--encoder-learning-rate", 0.01, "--batch-size", 16,
+            "--no-progress", "--set", "encoder_finetune.select_by=val_beam_cider_d"]  # fmt: skip
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    history = json.loads((tmp_path / "beam" / "history.json").read_text())
+    best = max(range(len(history)), key=lambda i: history[i]["val_beam_cider_d"])
+    assert f"kept epoch {best}:" in result.output
+    assert all("val_beam_bleu4" in h and "val_cider_d" in h for h in history)
+    evaluated = CliRunner().invoke(cli, ["evaluate", "--run", str(tmp_path / "beam"),
+                                         "--split", "dev"])  # fmt: skip
+    assert evaluated.exit_code == 0 and "beam 3" in evaluated.output, evaluated.output
+    names, values = evaluated.output.splitlines()[1:3]
+    scores = dict(zip(names.split(), map(float, values.split())))
+    assert scores["CIDEr-D"] == pytest.approx(history[best]["val_beam_cider_d"], abs=1e-4)
+
+
 @pytest.fixture(scope="module")
 def grid_photos(flickr8k_data):
     return sorted((flickr8k_data / "Flicker8k_Dataset").glob("*.jpg"))[-6:]
@@ -307,15 +329,15 @@ def test_an_updown_run_exports_with_its_own_grid_encoder(updown_tuned, grid_phot
     import tensorflow as tf
 
     from captioner import Captioner
-    from captioner.runtime.exported import ExportedCaptioner
+    from captioner.runtime import captioning
 
     source, tuned, _, _ = updown_tuned
     result = CliRunner().invoke(cli, ["export", str(tmp_path / "light"), "--run", str(tuned),
                                       "--run", str(source), "--format", "onnx"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    light = ExportedCaptioner(tmp_path / "light").caption_files(grid_photos)
+    light = captioning.Captioner.from_export(tmp_path / "light").caption(grid_photos)
     want = Captioner.load(tuned, source).caption(grid_photos)
-    assert [caption for _, caption, _ in light] == want
+    assert light == want
     result = CliRunner().invoke(cli, ["export", str(tmp_path / "saved"), "--run", str(tuned)])
     assert result.exit_code == 0, result.output
     serve = tf.saved_model.load(str(tmp_path / "saved" / "1")).signatures["serving_default"]

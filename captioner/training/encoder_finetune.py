@@ -34,7 +34,7 @@ from captioner.features.arrays import caption_rows, references
 from captioner.model.rundir import ENCODER_FILE, Run, save_weights_npz
 from captioner.training.checkpoints import RunRecorder, is_better
 from captioner.training.finetuning import FinetuneSummary, read_source, run_epochs, start_run
-from captioner.training.validation import dev_scores_function
+from captioner.training.validation import selection_scores_function
 
 
 @dataclass
@@ -184,8 +184,9 @@ class _EpochEnd:
         self.recorder, self.encoder, self.decoder, self.dev = recorder, encoder, decoder, dev
         self.size, self.batch_size = source.encoder.input_size, source.config.encoder.batch_size
         self.encode = make_encode_function(encoder, self.batch_size)
-        self.scores = dev_scores_function(decoder, None, references, source.vocabulary,
-                                          source.config.text.max_caption_words)  # fmt: skip
+        self.scores = selection_scores_function(decoder, None, references, source.vocabulary,
+                                                source.config.text.max_caption_words,
+                                                recorder.monitor, source.decoding())  # fmt: skip
 
     def __call__(self, epoch: int, logs: dict[str, float]) -> bool:
         from captioner.features.encoders import encode_files

@@ -35,7 +35,7 @@ from captioner.metrics import CiderD
 from captioner.model.decoder import DecoderSteps
 from captioner.model.rundir import Run, load_run_features
 from captioner.training.finetuning import FinetuneSummary, read_source, run_epochs, start_run
-from captioner.training.validation import dev_scores_function
+from captioner.training.validation import selection_scores_function
 
 
 def teacher_forcing_of_samples(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,15 +177,10 @@ def _dev_scores(model, source: _Source, config: FinetuneConfig):
     """f() -> the dev scores each epoch logs: greedy captions' (val_bleu4, val_cider_d), and
     when finetune.select_by is one of them, those of the run's own [decode] settings
     (val_beam_bleu4, val_beam_cider_d: the captions `evaluate` scores)."""
-    run, dev = source.run, source.dev
-    max_words = run.config.text.max_caption_words
-    greedy = dev_scores_function(model, dev.features, source.dev_references, run.vocabulary,
-                                 max_words)  # fmt: skip
-    if not config.select_by.startswith("val_beam_"):
-        return greedy
-    decoded = dev_scores_function(model, dev.features, source.dev_references, run.vocabulary,
-                                  max_words, run.decoding(), "val_beam_")  # fmt: skip
-    return lambda: {**greedy(), **decoded()}
+    run = source.run
+    return selection_scores_function(model, source.dev.features, source.dev_references,
+                                     run.vocabulary, run.config.text.max_caption_words,
+                                     config.select_by, run.decoding())  # fmt: skip
 
 
 def finetune(

@@ -40,3 +40,18 @@ def dev_scores_function(
         return {f"{prefix}bleu4": bleu4, f"{prefix}cider_d": cider_d(references, hypotheses)[0]}
 
     return scores
+
+
+def selection_scores_function(
+    model, features, references, vocabulary: Vocabulary, max_words: int, select_by: str,
+    decoding: DecodeConfig,
+) -> Callable[..., dict[str, float]]:  # fmt: skip
+    """f(features=None) -> the greedy dev scores every epoch logs (dev_scores_function), and
+    when `select_by` is a val_beam_ score, those of `decoding` too (the run's own [decode]
+    settings: the captions `evaluate` scores and the run ships)."""
+    greedy = dev_scores_function(model, features, references, vocabulary, max_words)
+    if not select_by.startswith("val_beam_"):
+        return greedy
+    decoded = dev_scores_function(model, features, references, vocabulary, max_words, decoding,
+                                  "val_beam_")  # fmt: skip
+    return lambda features=None: {**greedy(features), **decoded(features)}
