@@ -4,6 +4,7 @@ baseline, and a fine-tuned run through caption, evaluate, the Python API and ens
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,28 +228,29 @@ def updown_tuned(flickr8k_data, tmp_path_factory):
     source = tiny_conv_run(flickr8k_data, folder, 4, model={"decoder": "updown"},
                            updown={"attention_units": 16, "language_units": 16},
                            decode={"beam_size": 3})  # fmt: skip
-    args = ["finetune-encoder", "--run", source, "--run-dir", folder / "tuned", "--epochs", 2,
+    output, history = finetune_grid(source, folder / "tuned", 2,
+                                    "encoder_finetune.early_stopping_patience=0")  # fmt: skip
+    return source, folder / "tuned", output, history
+
+
+def finetune_grid(source, run_dir, epochs: int, setting: str):
+    """`finetune-encoder` of a tiny grid run at the tests' rates: (its output, history.json)."""
+    args = ["finetune-encoder", "--run", source, "--run-dir", run_dir, "--epochs", epochs,
             "--learning-rate", 0.01, "--encoder-learning-rate", 0.01, "--batch-size", 16,
-            "--no-progress", "--set", "encoder_finetune.early_stopping_patience=0"]  # fmt: skip
+            "--no-progress", "--set", setting]  # fmt: skip
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    history = json.loads((folder / "tuned" / "history.json").read_text())
-    return source, folder / "tuned", result.output, history
+    return result.output, json.loads((Path(run_dir) / "history.json").read_text())
 
 
 @pytest.mark.slow
 def test_finetune_encoder_keeps_the_epoch_its_beam_search_scores_best(updown_tuned, tmp_path):
     """select_by=val_beam_cider_d: the dev photos decoded each epoch with the run's own beam
     search, as `evaluate` scores them; the epoch kept is the best of those, epoch 0 included."""
-    source = updown_tuned[0]
-    args = ["finetune-encoder", "--run", source, "--run-dir", tmp_path / "beam", "--epochs", 1,
-            "--learning-rate", 0.01, "--encoder-learning-rate", 0.01, "--batch-size", 16,
-            "--no-progress", "--set", "encoder_finetune.select_by=val_beam_cider_d"]  # fmt: skip
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    history = json.loads((tmp_path / "beam" / "history.json").read_text())
+    output, history = finetune_grid(updown_tuned[0], tmp_path / "beam", 1,
+                                    "encoder_finetune.select_by=val_beam_cider_d")  # fmt: skip
     best = max(range(len(history)), key=lambda i: history[i]["val_beam_cider_d"])
-    assert f"kept epoch {best}:" in result.output
+    assert f"kept epoch {best}:" in output
     assert all("val_beam_bleu4" in h and "val_cider_d" in h for h in history)
     evaluated = CliRunner().invoke(cli, ["evaluate", "--run", str(tmp_path / "beam"),
                                          "--split", "dev"])  # fmt: skip
