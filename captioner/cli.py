@@ -430,15 +430,15 @@ def caption(images, run_dirs, output, shard, decode_batch, progress, save, atten
         _caption_to_file(runs, images, output, decode, shard, progress, drawing, batch)
         return
     from captioner.inference.api import Captioner
-    from captioner.inference.caption import stream_captions
+    from captioner.inference.caption import select_photos, stream_captions
     from captioner.inference.light import fast_start_note
 
+    photos = select_photos(images, shard)  # none: one line, before the model loads
     # The ONNX engine's NumPy search carries no attention: --attention decodes in TensorFlow.
     captioner = Captioner.load(*runs, engine="tensorflow" if attention else "auto")
     failures = 0
-    for result in stream_captions(runs, list(images), decode, shard, progress=bool(progress),
-                                  captioner=captioner, attention=bool(attention),
-                                  **batch):  # fmt: skip
+    for result in stream_captions(captioner, photos, decode, progress=bool(progress),
+                                  attention=bool(attention), **batch):  # fmt: skip
         if result.caption is None:
             failures += 1
             click.echo(f"{result.path}: cannot read this image ({result.error})", err=True)

@@ -86,22 +86,18 @@ def caption_images(
 
 
 def stream_captions(
-    run_dirs: RunDirs,
-    inputs: list[str | Path],
+    captioner: Captioner,
+    photos: list[Photo],
     decode: DecodeConfig | None = None,
-    shard: Shard | None = None,
     progress: bool = False,
     decode_batch: int = DECODE_BATCH,
-    captioner=None,
     attention: bool = False,
 ) -> Iterator[CaptionResult]:
-    """One CaptionResult after another for the photos of `inputs` in `shard`, as they come
-    (with a tqdm progress bar on stderr if `progress`); through `captioner` (a Captioner
-    already loaded) if given, with each word's attention weights if `attention`."""
+    """One CaptionResult after another for `photos` (see select_photos, which refuses inputs
+    without any before a model is loaded), as they come, with a tqdm progress bar on stderr if
+    `progress` and each word's attention weights if `attention`."""
     from tqdm import tqdm
 
-    photos = select_photos(inputs, shard)
-    captioner = captioner or Captioner.load(*(run_dirs or []))
     chunks = captioner.caption_files(photos, decode, decode_batch=decode_batch, attention=attention)
     with tqdm(total=len(photos), unit="photo", desc="caption", disable=not progress) as bar:
         for chunk in chunks:
