@@ -114,6 +114,28 @@ def test_mixed_precision_trains_and_leaves_float32_behind(flickr8k_data, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_grid_run_trained_in_mixed_precision_decodes_in_float32(flickr8k_data, tmp_path):
+    """model.keras keeps its layers' bfloat16 policies; loading rebuilds the decoder in float32
+    (its weights are float32 either way), so Up-Down's beam search, whose state is float32,
+    evaluates it. Found by a full Flickr8k run: evaluate failed with a dtype mismatch."""
+    from click.testing import CliRunner
+
+    from captioner.cli import cli
+    from captioner.model.rundir import load_run
+    from tests.conftest import tiny_conv_run
+
+    train_settings = {"epochs": 1, "learning_rate": 0.01, "batch_size": 32,
+                      "precision": "mixed_bfloat16"}  # fmt: skip
+    run_dir = tiny_conv_run(flickr8k_data, tmp_path, 1, model={"decoder": "updown"},
+                            updown={"attention_units": 16, "language_units": 16},
+                            train=train_settings, decode={"beam_size": 3})  # fmt: skip
+    model = load_run(run_dir).load_model()
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    result = CliRunner().invoke(cli, ["evaluate", "--run", str(run_dir), "--split", "dev"])
+    assert result.exit_code == 0 and "beam 3" in result.output, result.output
+
+
+@pytest.mark.slow
 def test_the_best_epoch_can_be_chosen_by_dev_bleu(flickr8k_data, tmp_path):
     from captioner.features.extract import extract_features
     from captioner.training.train import train

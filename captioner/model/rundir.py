@@ -88,18 +88,30 @@ class Run:
         path = self.directory / MODEL_FILE
         if path.is_file():
             try:
-                return load_keras_model(path)
+                model = load_keras_model(path)
             except Exception as error:  # Keras says "File not found" of a file cut short
                 raise damaged(path, self._advice(MODEL_FILE), error) from None
+            if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+                return model
+            # Trained in mixed precision (train.precision), its layers keep their bfloat16
+            # policies in model.keras, and the searches would meet bfloat16 tensors beside
+            # their float32 state. Every stage after training computes in float32; the
+            # weights are float32 either way.
+            rebuilt = self._decoder_of_config()
+            rebuilt.set_weights(model.get_weights())
+            return rebuilt
+        advice = self._advice(WEIGHTS_FILE)
+        return self._with_weights(self._decoder_of_config(), WEIGHTS_FILE,
+                                  "the decoder of run.json", advice)  # fmt: skip
+
+    def _decoder_of_config(self):
+        """The decoder run.json describes, in float32, its weights not set."""
         from captioner.model.decoder import build_decoder
 
-        encoder = self.encoder
-        config = self.config
-        model = build_decoder(config.model, len(self.vocabulary), encoder.feature_dim,
-                              encoder.cells, updown=config.updown,
-                              transformer=config.transformer)  # fmt: skip
-        return self._with_weights(model, WEIGHTS_FILE, "the decoder of run.json",
-                                  self._advice(WEIGHTS_FILE))  # fmt: skip
+        encoder, config = self.encoder, self.config
+        return build_decoder(config.model, len(self.vocabulary), encoder.feature_dim,
+                             encoder.cells, updown=config.updown,
+                             transformer=config.transformer)  # fmt: skip
 
     def _with_weights(self, model, name: str, what: str, advice: str):
         """`model` with the arrays of this run's `name` (weights.npz, encoder.npz), which must
