@@ -87,22 +87,28 @@ def test_batch_count_is_known_before_the_epoch(tiny):
         assert sum(1 for _ in batches) == count_batches(arrays, batch_size) == len(batches)
 
 
-@pytest.mark.slow
-def test_mixed_precision_trains_and_leaves_float32_behind(flickr8k_data, tmp_path):
-    import keras
-
+def train_tiny_pooled(data, folder, **train_settings):
+    """A 16-unit LSTM trained on the tiny encoder's pooled features into folder/run, with
+    `train_settings` ([train]); returns train's summary."""
     from captioner.features.extract import extract_features
     from captioner.training.train import train
     from tests.conftest import TINY, TINY_ENCODER
 
-    extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False)
+    extract_features(data, folder / "f", TINY, progress=False)
     config = merge(Config(), {
         "encoder": {"name": TINY_ENCODER},
         "model": {"units": 16, "embedding_dim": 8},
         "text": {"min_word_count": 1},
-        "train": {"epochs": 2, "precision": "mixed_bfloat16"},
+        "train": train_settings,
     })  # fmt: skip
-    summary = train(flickr8k_data, tmp_path / "f", tmp_path / "run", config, progress=False)
+    return train(data, folder / "f", folder / "run", config, progress=False)
+
+
+@pytest.mark.slow
+def test_mixed_precision_trains_and_leaves_float32_behind(flickr8k_data, tmp_path):
+    import keras
+
+    summary = train_tiny_pooled(flickr8k_data, tmp_path, epochs=2, precision="mixed_bfloat16")
     assert summary.epochs_run == 2 and np.isfinite(summary.best_val_loss)
     assert keras.mixed_precision.global_policy().name == "float32"
     history = json.loads((tmp_path / "run" / "history.json").read_text())
@@ -260,19 +266,8 @@ def test_the_cosine_schedule_warms_up_then_decays_to_its_floor():
 
 
 def test_a_run_trains_on_the_cosine_schedule_and_logs_its_rates(flickr8k_data, tmp_path):
-    from captioner.features.extract import extract_features
-    from captioner.training.train import train
-    from tests.conftest import TINY, TINY_ENCODER
-
-    extract_features(flickr8k_data, tmp_path / "f", TINY, progress=False)
-    config = merge(Config(), {
-        "encoder": {"name": TINY_ENCODER},
-        "model": {"units": 16, "embedding_dim": 8},
-        "text": {"min_word_count": 1},
-        "train": {"epochs": 3, "schedule": "cosine", "warmup_epochs": 1.0,
-                  "early_stopping_patience": 0},
-    })  # fmt: skip
-    train(flickr8k_data, tmp_path / "f", tmp_path / "run", config, progress=False)
+    train_tiny_pooled(flickr8k_data, tmp_path, epochs=3, schedule="cosine", warmup_epochs=1.0,
+                      early_stopping_patience=0)  # fmt: skip
     rates = [
         h["learning_rate"] for h in json.loads((tmp_path / "run" / "history.json").read_text())
     ]
