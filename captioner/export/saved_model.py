@@ -46,7 +46,8 @@ def spaceless_ends(words: list[str]) -> tuple[list[bool], list[bool]]:
 
 def caption_function(runs: list[Run], decoding: DecodeConfig):
     """Returns (f, models): f(images (N,) string) -> {"captions", "scores"}, graph code over the
-    Keras `models` it uses (the encoders, then the decoders), which an export must track."""
+    Keras `models` it uses (the encoders, then the decoders), which must stay alive until
+    their weights are frozen into the graph."""
     import tensorflow as tf
 
     from captioner.export.photos import photo_pixels

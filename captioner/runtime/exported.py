@@ -78,8 +78,6 @@ class OnnxEngine:
     def search(self, photos: np.ndarray, decoding: DecodeConfig, attention: bool = False):
         from captioner.runtime.search import decode
 
-        if attention:
-            self.attention_grid("attention")
         return decode(self._steps, photos.astype(np.float32), len(self.vocabulary), decoding,
                       batch_size=BATCH, scores=True)  # fmt: skip
 

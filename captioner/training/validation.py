@@ -1,5 +1,6 @@
 """The dev scores that `train`, `finetune` and `finetune-encoder` log after every epoch: greedy
-captions', and for `finetune` when it selects by them, those of the run's own decoding."""
+captions', and for `finetune` and `finetune-encoder` when they select by them, those of the
+run's own decoding."""
 
 from __future__ import annotations
 
