@@ -4,7 +4,8 @@
 
 Only what `caption` and `evaluate` need travels: the weights in float16 (weights.npz, written
 by captioner.model.rundir.save_weights_npz beside the code that reads it), vocabulary.json and
-run.json. The run.json gains a `provenance` entry: the data, encoder, config, commit and
+run.json; a run whose encoder was fine-tuned (`finetune-encoder`) brings its encoder.npz, in the
+same precision. The run.json gains a `provenance` entry: the data, encoder, config, commit and
 measured scores.
 """
 
@@ -17,10 +18,12 @@ import subprocess
 from pathlib import Path
 
 from captioner.model.rundir import (
+    ENCODER_FILE,
     MODEL_FILE,
     RUN_FILE,
     VOCABULARY_FILE,
     load_keras_model,
+    load_run,
     save_weights_npz,
 )
 
@@ -42,6 +45,8 @@ def ship(run: Path, folder: Path, provenance: dict, decode: dict, ensemble=(), d
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / VOCABULARY_FILE, folder / VOCABULARY_FILE)
     save_weights_npz(load_keras_model(run / MODEL_FILE), folder, dtype=dtype)
+    if info["encoder"].get("finetuned"):  # its own encoder: no ImageNet weights make its features
+        save_weights_npz(load_run(run).load_encoder(), folder, ENCODER_FILE, dtype=dtype)
     (folder / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 

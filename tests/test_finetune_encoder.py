@@ -207,6 +207,32 @@ def test_an_ensemble_decodes_each_member_from_its_own_encoder(tuned, source_run,
 
 
 @pytest.mark.slow
+def test_a_finetuned_run_ships_with_its_own_encoder(tuned, shapes_data, tmp_path):
+    import importlib.util
+
+    from captioner import Captioner
+    from captioner.model.rundir import load_run
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "ship_reference.py"
+    spec = importlib.util.spec_from_file_location("ship_reference", script)
+    ship_reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship_reference)
+    trained = tuned["trained"][0]
+    package = tmp_path / "package"
+    ship_reference.ship(trained, package, {}, {"beam_size": 1}, dtype="int8")
+    assert (package / "encoder.npz").is_file() and not (package / "model.keras").exists()
+    assert load_run(package).encoder.finetuned
+    photo = sorted((shapes_data / "Flicker8k_Dataset").iterdir())[0]
+    run, shipped = Captioner.load(trained), Captioner.load(package)
+    image = run.prepare(photo)[None]
+    # The tiny encoder's arrays are under int8's size, so its float16 copy computes within
+    # float16's rounding of the run's float32.
+    np.testing.assert_allclose(shipped.features(image), run.features(image), rtol=0.01,
+                               atol=0.01)  # fmt: skip
+    assert shipped.caption(photo, beam=1) == run.caption(photo, beam=1)
+
+
+@pytest.mark.slow
 def test_self_critical_training_refuses_a_finetuned_encoder(tuned, tmp_path):
     result = CliRunner().invoke(cli, ["finetune", "--run", str(tuned["trained"][0]),
                                       "--run-dir", str(tmp_path / "scst")])  # fmt: skip

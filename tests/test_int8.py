@@ -38,6 +38,18 @@ def test_int8_weights_read_back_within_half_a_step_of_each_channel(tmp_path):
     assert int8_size < 0.6 * (tmp_path / "f16" / "weights.npz").stat().st_size
 
 
+def test_a_depthwise_kernel_stays_float16_where_int8_would_be_larger(tmp_path):
+    # A fine-tuned encoder's depthwise kernels (k, k, channels, 1) have one column: int8 with
+    # a scale per number would take more room than float16 and save nothing.
+    depthwise = np.random.default_rng(2).normal(size=(5, 5, 672, 1)).astype(np.float32)
+    assert depthwise.size >= INT8_MIN_SIZE
+    save_weights_npz(Weights([depthwise]), tmp_path, dtype="int8")
+    with np.load(tmp_path / "weights.npz") as arrays:
+        assert arrays.files == ["w0"] and arrays["w0"].dtype == np.float16
+    back = read_weights_npz(tmp_path / "weights.npz")[0]
+    np.testing.assert_array_equal(back, depthwise.astype(np.float16).astype(np.float32))
+
+
 def test_an_embedding_is_scaled_by_word_where_that_errs_less():
     rng = np.random.default_rng(1)
     embedding = rng.normal(size=(500, 16)).astype(np.float32)

@@ -167,7 +167,10 @@ def save_weights_npz(model, folder: str | Path, name: str = WEIGHTS_FILE, dtype=
     them back. Also writes a fine-tuned encoder's encoder.npz (float32 in a run directory)."""
     arrays = {}
     for i, weight in enumerate(model.get_weights()):
-        if dtype == "int8" and weight.ndim >= 2 and weight.size >= INT8_MIN_SIZE:
+        # A depthwise convolution's kernel (k, k, channels, 1) has one column: a scale per
+        # number would be larger than float16.
+        if dtype == "int8" and weight.ndim >= 2 and weight.size >= INT8_MIN_SIZE \
+                and weight.shape[-1] > 1:
             arrays[f"q{i}"], arrays[f"s{i}"] = quantize_int8(weight)
         else:
             arrays[f"w{i}"] = weight.astype(np.float16 if dtype == "int8" else dtype)
