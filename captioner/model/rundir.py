@@ -169,8 +169,8 @@ def save_weights_npz(model, folder: str | Path, name: str = WEIGHTS_FILE, dtype=
     for i, weight in enumerate(model.get_weights()):
         # A depthwise convolution's kernel (k, k, channels, 1) has one column: a scale per
         # number would be larger than float16.
-        if dtype == "int8" and weight.ndim >= 2 and weight.size >= INT8_MIN_SIZE \
-                and weight.shape[-1] > 1:
+        large = weight.ndim >= 2 and weight.size >= INT8_MIN_SIZE and weight.shape[-1] > 1
+        if dtype == "int8" and large:
             arrays[f"q{i}"], arrays[f"s{i}"] = quantize_int8(weight)
         else:
             arrays[f"w{i}"] = weight.astype(np.float16 if dtype == "int8" else dtype)
