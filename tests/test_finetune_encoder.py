@@ -233,12 +233,33 @@ def test_a_finetuned_run_ships_with_its_own_encoder(tuned, shapes_data, tmp_path
 
 
 @pytest.mark.slow
-def test_self_critical_training_refuses_a_finetuned_encoder(tuned, tmp_path):
-    result = CliRunner().invoke(cli, ["finetune", "--run", str(tuned["trained"][0]),
-                                      "--run-dir", str(tmp_path / "scst")])  # fmt: skip
-    assert result.exit_code == 1
-    assert "its encoder was fine-tuned" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+def test_self_critical_training_samples_from_the_runs_own_encoder(tuned, shapes_data, tmp_path):
+    from captioner import Captioner
+    from captioner.model.rundir import load_run
+
+    trained = tuned["trained"][0]
+    args = ["finetune", "--run", str(trained), "--epochs", "1", "--no-progress",
+            "--set", "finetune.early_stopping_patience=0"]  # fmt: skip
+    refused = CliRunner().invoke(cli, [*args, "--run-dir", str(tmp_path / "no"), "--features",
+                                       str(tmp_path)])  # fmt: skip
+    assert refused.exit_code == 1 and "leave out --features" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(cli, [*args, "--run-dir", str(tmp_path / "scst")])
+    assert result.exit_code == 0, result.output
+    history = json.loads((tmp_path / "scst" / "history.json").read_text())
+    # Epoch 0 is the source run, scored on dev from its own encoder's features: evaluate's
+    # greedy BLEU-4 of the source run, which encodes the dev photos itself.
+    evaluated = CliRunner().invoke(cli, ["evaluate", "--run", str(trained), "--split", "dev",
+                                         "--beam", "1"])  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    assert f"{history[0]['val_bleu4']:.4f}" in evaluated.output
+    assert history[1]["sample_cider_d"] > 0  # it sampled and scored captions
+    scst = load_run(tmp_path / "scst")
+    assert scst.encoder.finetuned
+    photo = sorted((shapes_data / "Flicker8k_Dataset").iterdir())[0]
+    image = Captioner.load(trained).prepare(photo)[None]
+    np.testing.assert_array_equal(Captioner.load(scst).features(image),
+                                  Captioner.load(trained).features(image))  # fmt: skip
 
 
 # --- a grid decoder: Up-Down, its encoder's grid trained ------------------------------------

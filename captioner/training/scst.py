@@ -17,7 +17,9 @@ run's own [decode] settings (beam search: the captions it ships), decoded after 
 
 Any decoder: the pooled LSTM, and the grid decoders (attention, updown, transformer), which
 sample through their one-step functions (DecoderSteps) from the cache's flattened grids and
-take their gradient from the teacher-forced log-probabilities of the sampled captions.
+take their gradient from the teacher-forced log-probabilities of the sampled captions. A run whose
+encoder was fine-tuned (`finetune-encoder`) samples from its own encoder's features, computed
+from the photos at the start; the encoder itself stays as it is.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ import numpy as np
 
 from captioner.config import FinetuneConfig
 from captioner.data.text import PAD_ID, START_ID
-from captioner.features.arrays import CaptionArrays, caption_arrays, references
+from captioner.errors import ConfigError, DataError
+from captioner.features.arrays import CaptionArrays, caption_arrays, caption_rows, references
+from captioner.files import write_atomic
 from captioner.metrics import CiderD
 from captioner.model.decoder import DecoderSteps
-from captioner.model.rundir import Run, load_run_features
+from captioner.model.rundir import ENCODER_FILE, Run, load_run_features
 from captioner.training.finetuning import FinetuneSummary, read_source, run_epochs, start_run
 from captioner.training.validation import selection_scores_function
 
@@ -111,15 +115,44 @@ class _Source:
 def _read_source(source_run, run_dir, data_root, features_path) -> _Source:
     source = read_source(source_run, run_dir, data_root)
     run, dataset = source.run, source.dataset
-    cache, features_path = load_run_features(run, source.info["data"], features_path)
     vocabulary, max_words = run.vocabulary, run.config.text.max_caption_words
-    train_arrays = caption_arrays(dataset, "train", cache, vocabulary, max_words)
-    dev_arrays = caption_arrays(dataset, "dev", cache, vocabulary, max_words)
+    if run.encoder.finetuned:  # no cache holds what its own encoder computes
+        if features_path is not None:
+            raise ConfigError(f"{features_path}: {run.directory} has its own fine-tuned encoder, "
+                              "whose features finetune computes: leave out --features")  # fmt: skip
+        train_arrays, dev_arrays = own_encoder_arrays(run, dataset, ("train", "dev"))
+        info = source.info
+    else:
+        cache, features_path = load_run_features(run, source.info["data"], features_path)
+        train_arrays = caption_arrays(dataset, "train", cache, vocabulary, max_words)
+        dev_arrays = caption_arrays(dataset, "dev", cache, vocabulary, max_words)
+        info = {**source.info, "features": str(Path(features_path).resolve())}
     # CIDEr-D's document frequencies come from the train references, as the reward's should.
     reward = CiderD(references(dataset, train_arrays.names, vocabulary.tokenizer))
     dev_references = references(dataset, dev_arrays.names, vocabulary.tokenizer)
-    info = {**source.info, "features": str(Path(features_path).resolve())}
     return _Source(run, train_arrays, dev_arrays, dev_references, reward, info)
+
+
+def own_encoder_arrays(run: Run, dataset, splits, chunk: int = 256) -> list[CaptionArrays]:
+    """The splits' arrays with the features of the run's own fine-tuned encoder, computed now
+    (its weights are the run's; no cache holds them) and kept in memory, grids in float16 as
+    caches keep them: Flickr8k's 6,000 train photos take 1 GB, Flickr30k's 29,000 about 5."""
+    from captioner.inference.api import Captioner
+
+    captioner = Captioner([run])
+    dtype = np.float16 if run.encoder.cells else np.float32
+    arrays = []
+    for split in splits:
+        names = dataset.splits[split]
+        if not names:
+            raise DataError(f"{dataset.root}: the {split} split has no images with captions")
+        paths = [dataset.image_path(name) for name in names]
+        features = np.concatenate([captioner.features_of_files(paths[i : i + chunk]).astype(dtype)
+                                   for i in range(0, len(paths), chunk)])  # fmt: skip
+        rows, inputs, targets = caption_rows(dataset, names, run.vocabulary,
+                                             run.config.text.max_caption_words)  # fmt: skip
+        arrays.append(CaptionArrays(names, features, rows, inputs, targets))
+    return arrays
 
 
 class _SelfCriticalEpoch:
@@ -208,6 +241,10 @@ def finetune(
     source = _read_source(source_run, run_dir, data_root, features_path)
     run = source.run
     with start_run(run, source.info, run_dir, config, "finetune", config.select_by) as recorder:
+        if run.encoder.finetuned:  # the decoder learns; the encoder it reads comes along as is
+            write_atomic(
+                recorder.run_dir / ENCODER_FILE, (run.directory / ENCODER_FILE).read_bytes()
+            )
         model = run.load_model()
         dev_scores = _dev_scores(model, source, config)
         epoch_of_training = _SelfCriticalEpoch(model, source, config)
