@@ -297,7 +297,7 @@ def test_finetune_encoder_keeps_the_epoch_its_beam_search_scores_best(updown_tun
     output, history = finetune_grid(updown_tuned[0], tmp_path / "beam", 1,
                                     "encoder_finetune.select_by=val_beam_cider_d")  # fmt: skip
     best = max(range(len(history)), key=lambda i: history[i]["val_beam_cider_d"])
-    assert f"kept epoch {best}:" in output
+    assert f"kept epoch {best}:" in output and "dev BLEU-4 (beam3)" in output
     assert all("val_beam_bleu4" in h and "val_cider_d" in h for h in history)
     evaluated = CliRunner().invoke(cli, ["evaluate", "--run", str(tmp_path / "beam"),
                                          "--split", "dev"])  # fmt: skip

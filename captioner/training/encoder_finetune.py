@@ -34,7 +34,7 @@ from captioner.features.arrays import caption_rows, references
 from captioner.model.rundir import ENCODER_FILE, Run, save_weights_npz
 from captioner.training.checkpoints import RunRecorder, is_better
 from captioner.training.finetuning import FinetuneSummary, read_source, run_epochs, start_run
-from captioner.training.validation import selection_scores_function
+from captioner.training.validation import selection_decoding, selection_scores_function
 
 
 @dataclass
@@ -271,5 +271,6 @@ def finetune_encoder(
         summary = run_epochs(recorder, config.epochs, epochs.run, end_epoch, progress, batches,
                              started)  # fmt: skip
     summary.extra = {"photos_per_second": epochs.photos / max(epochs.seconds, 1e-9),
-                     "unreadable": len(epochs.unreadable)}  # fmt: skip
+                     "unreadable": len(epochs.unreadable),
+                     "decoding": selection_decoding(config.select_by, run.decoding())}  # fmt: skip
     return summary

@@ -39,7 +39,7 @@ from captioner.metrics import CiderD
 from captioner.model.decoder import DecoderSteps
 from captioner.model.rundir import ENCODER_FILE, Run, load_run_features
 from captioner.training.finetuning import FinetuneSummary, read_source, run_epochs, start_run
-from captioner.training.validation import selection_scores_function
+from captioner.training.validation import selection_decoding, selection_scores_function
 
 
 def teacher_forcing_of_samples(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +254,5 @@ def finetune(
 
         summary = run_epochs(recorder, config.epochs, lambda epoch, bar: epoch_of_training(bar),
                              end_epoch, progress, started=started)  # fmt: skip
-    beam = run.decoding().beam_size
-    decoding = f"beam{beam}" if config.select_by.startswith("val_beam_") and beam > 1 else "greedy"
-    summary.extra = {"decoding": decoding}
+    summary.extra = {"decoding": selection_decoding(config.select_by, run.decoding())}
     return summary

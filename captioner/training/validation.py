@@ -56,3 +56,10 @@ def selection_scores_function(
     decoded = dev_scores_function(model, features, references, vocabulary, max_words, decoding,
                                   "val_beam_")  # fmt: skip
     return lambda features=None: {**greedy(features), **decoded(features)}
+
+
+def selection_decoding(select_by: str, decoding: DecodeConfig) -> str:
+    """How the dev captions that pick the epoch were decoded, as evaluate names it: "greedy",
+    or "beam3" for a val_beam_ score of a run that decodes with beam 3."""
+    beam = decoding.beam_size
+    return f"beam{beam}" if select_by.startswith("val_beam_") and beam > 1 else "greedy"
