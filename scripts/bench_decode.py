@@ -1,6 +1,7 @@
 """Decoding speed over the test split: the batched compiled decoder against the seeds' loop.
 
-In one run, on the same trained model and the same cached features:
+In one run, on the same trained model and the same features (cached, or for a run whose encoder
+was fine-tuned, such as the shipped one, computed from the photos first, untimed):
   greedy    captioner's batched greedy search, one compiled graph for the whole split
   beam-3    captioner's batched beam search, width 3, early exit
   seeds     the classic loop: per image, per word, `model.predict` on the prefix so far and
@@ -43,8 +44,14 @@ def main():
     from captioner.model.search import make_decoder
 
     run = load_run(args.run)
-    names = load_dataset(args.data).splits[args.split]
-    features = load_run_features(run, args.data, args.features)[0].matrix(names)
+    dataset = load_dataset(args.data)
+    names = dataset.splits[args.split]
+    if run.encoder.finetuned:  # its own encoder's features, which no cache holds (the shipped one)
+        from captioner.inference.api import Captioner
+
+        features = Captioner([run]).features_of_files([dataset.image_path(n) for n in names])
+    else:
+        features = load_run_features(run, args.data, args.features)[0].matrix(names)
     model = run.load_model()
     steps, size = DecoderSteps(model), len(run.vocabulary)
     max_length = run.config.decode.max_length
