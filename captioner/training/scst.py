@@ -137,9 +137,10 @@ def own_encoder_arrays(run: Run, dataset, splits, chunk: int = 256) -> list[Capt
     """The splits' arrays with the features of the run's own fine-tuned encoder, computed now
     (its weights are the run's; no cache holds them) and kept in memory, grids in float16 as
     caches keep them: Flickr8k's 6,000 train photos take 1 GB, Flickr30k's 29,000 about 5."""
-    from captioner.inference.api import Captioner
+    from captioner.features.encoders import encode_files, make_encode_function
 
-    captioner = Captioner([run])
+    batch_size = run.config.encoder.batch_size
+    encode = make_encode_function(run.load_encoder(), batch_size)
     dtype = np.float16 if run.encoder.cells else np.float32
     arrays = []
     for split in splits:
@@ -147,8 +148,10 @@ def own_encoder_arrays(run: Run, dataset, splits, chunk: int = 256) -> list[Capt
         if not names:
             raise DataError(f"{dataset.root}: the {split} split has no images with captions")
         paths = [dataset.image_path(name) for name in names]
-        features = np.concatenate([captioner.features_of_files(paths[i : i + chunk]).astype(dtype)
-                                   for i in range(0, len(paths), chunk)])  # fmt: skip
+        size = run.encoder.input_size
+        parts = [encode_files(encode, paths[i : i + chunk], size, batch_size).astype(dtype)
+                 for i in range(0, len(paths), chunk)]  # fmt: skip
+        features = np.concatenate(parts)
         rows, inputs, targets = caption_rows(dataset, names, run.vocabulary,
                                              run.config.text.max_caption_words)  # fmt: skip
         arrays.append(CaptionArrays(names, features, rows, inputs, targets))
