@@ -102,7 +102,7 @@ def make_policy_gradient_step(model, config: FinetuneConfig):
 @dataclass
 class _Source:
     """The run SCST starts from, with the splits as arrays and the reward, read and checked
-    before TensorFlow starts."""
+    before TensorFlow starts (but for a fine-tuned encoder's features, which it computes)."""
 
     run: Run
     train: CaptionArrays
