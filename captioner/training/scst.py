@@ -139,7 +139,7 @@ def own_encoder_arrays(run: Run, dataset, splits, chunk: int = 256) -> list[Capt
     caches keep them: Flickr8k's 6,000 train photos take 1 GB, Flickr30k's 29,000 about 5."""
     from captioner.features.encoders import encode_files, make_encode_function
 
-    batch_size = run.config.encoder.batch_size
+    batch_size, size = run.config.encoder.batch_size, run.encoder.input_size
     encode = make_encode_function(run.load_encoder(), batch_size)
     dtype = np.float16 if run.encoder.cells else np.float32
     arrays = []
@@ -148,7 +148,6 @@ def own_encoder_arrays(run: Run, dataset, splits, chunk: int = 256) -> list[Capt
         if not names:
             raise DataError(f"{dataset.root}: the {split} split has no images with captions")
         paths = [dataset.image_path(name) for name in names]
-        size = run.encoder.input_size
         parts = [encode_files(encode, paths[i : i + chunk], size, batch_size).astype(dtype)
                  for i in range(0, len(paths), chunk)]  # fmt: skip
         features = np.concatenate(parts)
