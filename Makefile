@@ -50,8 +50,9 @@ flickr8k:
 # The grid decoders over Lite1's 8x8 grid (docs/results.md, "Grid decoders on dev"): seeds 0
 # and 1 of one recipe and their ensemble, greedy and beam, on dev only. GRID picks the recipe:
 # attention (configs/flickr8k-attention.toml, with GRID_SET="--set model.dropout=0.6" for the
-# dropout tried last), updown or transformer. The shipped model is the updown pair, scored on
-# test once it had passed the rule on dev: GRID=updown GRID_SPLITS="dev test".
+# dropout tried last), updown (the cosine recipe, half the time), updown-plateau or transformer.
+# The shipped model is the updown-plateau pair (Up-Down's recipe until 2026-12-07), scored on
+# test once it had passed the rule on dev: GRID=updown-plateau GRID_SPLITS="dev test".
 GRID ?= attention
 GRID_SET ?=
 GRID_SPLITS ?= dev
