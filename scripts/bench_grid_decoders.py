@@ -18,7 +18,9 @@ step as first written and now, and their ratio; the process's CPU milliseconds p
 cores; steadier than the wall clock when the machine is shared); the share of the float32
 2,048 x 2,048 matrix-product rate measured in the same process (the better of a run before and
 one after the decoders, each the best of short bursts) that the work per batch reached now.
-Then each decoder's milliseconds now as a ratio to the attention decoder's.
+Then the share of each grid decoder's work that normalizes and projects the cells, which depends
+on the photo only (a batch holding several captions of a photo could do it once for them), and
+each decoder's milliseconds now as a ratio to the attention decoder's.
 
     python scripts/bench_grid_decoders.py                     # everything: a few minutes
     python scripts/bench_grid_decoders.py --steps 5 --only updown --precision float32
@@ -74,6 +76,15 @@ def training_flops(name: str, config, first_written: bool = False) -> float:
     else:
         raise ValueError(name)
     return 3 * 2 * (BATCH * caption + BATCH * WORDS * word)
+
+
+def projection_flops(name: str, config) -> float:
+    """The part of training_flops spent normalizing and projecting the cells (forward, and
+    backward into the normalization's scale): work that depends on the photo only, which a batch
+    holding several captions of one photo could do once for them."""
+    width = {"attention": config.model.units, "updown": config.model.units,
+             "transformer": config.transformer.width}.get(name, 0)  # fmt: skip
+    return 3 * 2 * BATCH * CELLS * CHANNELS * width
 
 
 def as_first_written(model) -> bool:
@@ -207,6 +218,13 @@ def main():
             f"{r['loss_difference']:.1e}" if first else "—",
         ]
         print("| " + " | ".join(cells) + " |")
+    shares = ", ".join(
+        f"{name} {projection_flops(name, load_config(*CONFIGS[name])) / r['flops']:.0%}"
+        for (name, precision), r in results.items()
+        if precision == args.precision[0] and name != "lstm"
+    )
+    if shares:
+        print(f"the cells' normalization and projection, per caption: {shares} of the GFLOP/step")
     for precision in args.precision:  # as docs/results.md compares the decoders' cost
         now = {name: r["ms"]["now"] for (name, p), r in results.items() if p == precision}
         if "attention" in now:
