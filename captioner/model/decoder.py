@@ -81,6 +81,8 @@ def _lstm(config: ModelConfig, vocabulary_size, features, words, cells, synchron
     """The LSTM started from the image, attending after the LSTM for "attention"."""
     from keras import layers
 
+    from captioner.model.lstm import CaptionLSTM
+
     attention = cells > 0
     pooled = features
     if attention:
@@ -95,7 +97,7 @@ def _lstm(config: ModelConfig, vocabulary_size, features, words, cells, synchron
         keys = layers.Dense(config.attention_dim, name="region_keys")(regions)
     x = layers.Embedding(vocabulary_size, config.embedding_dim, name="embedding")(words)
     x = layers.Dropout(config.dropout, name="embedding_dropout")(x)
-    x = layers.LSTM(config.units, return_sequences=True, name="lstm")(x, initial_state=[h0, c0])
+    x = CaptionLSTM(config.units, return_sequences=True, name="lstm")(x, initial_state=[h0, c0])
     if attention:
         from captioner.model.attention import RegionAttention
 

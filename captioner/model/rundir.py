@@ -224,8 +224,9 @@ def save_keras_model(model, path: str | Path) -> None:
 def load_keras_model(path: str | Path):
     import keras
 
-    # Registers the grid decoders' layers with Keras, which safe mode loads only when known.
+    # Registers the decoders' own layers with Keras, which safe mode loads only when known.
     import captioner.model.attention  # noqa: F401
+    import captioner.model.lstm  # noqa: F401
     import captioner.model.transformer  # noqa: F401
     import captioner.model.updown  # noqa: F401
 

@@ -23,12 +23,12 @@ leaving inside the loop h_language x its rows + h_attention x the recurrent kern
 language LSTM. The cells' keys (K r) are projected once per caption too, by the model's
 "region_keys" layer, outside. Both LSTMs compute their gates from the cells' weights as
 keras.layers.LSTMCell does; in teacher forcing, the gradient of each product inside the loop
-multiplies by a transpose of its matrix made once before the loop (`_product`), not by one
-transposed on the fly at every word. Together: a train step at 0.7x the CPU time of the code
-as first written, the same sums to float rounding (docs/performance.md, "The grid decoders'
-train step"). `UpDownCore(first_written=True)` runs teacher forcing as first written (every
-product inside the loop), to compare against (tests/test_grid_speed.py,
-scripts/bench_grid_decoders.py).
+multiplies by a transpose of its matrix made once before the loop (captioner.model.lstm's
+`product_with_transpose`), not by one transposed on the fly at every word. Together: a train
+step at 0.7x the CPU time of the code as first written, the same sums to float rounding
+(docs/performance.md, "The grid decoders' train step"). `UpDownCore(first_written=True)` runs
+teacher forcing as first written (every product inside the loop), to compare against
+(tests/test_grid_speed.py, scripts/bench_grid_decoders.py).
 
 Its own module because the layer must be registered with Keras before a model that uses it is
 loaded in safe mode.
@@ -40,6 +40,7 @@ import keras
 from keras import layers, ops
 
 from captioner.model.attention import RegionAttention
+from captioner.model.lstm import lstm_output, product_with_transpose
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -106,7 +107,7 @@ class UpDownCore(layers.Layer):
         at every word: the attention LSTM's h_language rows and recurrent kernel, the language
         LSTM's kernel and recurrent kernel, each as (matrix, its transpose or None), then the
         language LSTM's bias. transposed: for teacher forcing, whose gradient multiplies by
-        each matrix's transpose at every word (`_product`)."""
+        each matrix's transpose at every word (`product_with_transpose`)."""
         attention, language = self.attention_lstm, self.language_lstm
         language_rows = (kernel_rows or self._attention_kernel(region_width))[0]
         matrices = [language_rows, attention.recurrent_kernel, language.kernel,
@@ -122,14 +123,14 @@ class UpDownCore(layers.Layer):
         does, from its weights (its call would multiply by each matrix, not by its rows)."""
         h_attention, c_attention, h_language, c_language = state
         language_rows, attention_recurrent, language_kernel, language_recurrent, bias = weights
-        gates = gates + _product(h_language, *language_rows)
-        gates = gates + _product(h_attention, *attention_recurrent)
-        h_attention, c_attention = _lstm_output(self.attention_lstm, gates, c_attention)
+        gates = gates + product_with_transpose(h_language, *language_rows)
+        gates = gates + product_with_transpose(h_attention, *attention_recurrent)
+        h_attention, c_attention = lstm_output(self.attention_lstm, gates, c_attention)
         context, attention = self.attention.attend(ops.expand_dims(h_attention, 1), keys, regions)
         language_input = ops.concatenate([ops.squeeze(context, 1), h_attention], axis=-1)
-        gates = _product(language_input, *language_kernel)
-        gates = gates + _product(h_language, *language_recurrent) + bias
-        h_language, c_language = _lstm_output(self.language_lstm, gates, c_language)
+        gates = product_with_transpose(language_input, *language_kernel)
+        gates = gates + product_with_transpose(h_language, *language_recurrent) + bias
+        h_language, c_language = lstm_output(self.language_lstm, gates, c_language)
         state = [h_attention, c_attention, h_language, c_language]
         return h_language, state, ops.squeeze(attention, 1)
 
@@ -193,31 +194,3 @@ class UpDownCore(layers.Layer):
             "language_units": self.language_units,
             "attention_dim": self.attention_dim,
         }
-
-
-def _product(x, matrix, transposed=None):
-    """x @ matrix; with `transposed` (matrix's transpose, made once before the loop), x's
-    gradient is upstream @ transposed. TensorFlow's own gradient of a product multiplies by
-    the matrix transposed on the fly, which oneDNN does about 3x slower than a plain product
-    at these shapes (64 rows by 2,048 gates; measured in docs/performance.md): the same sums,
-    read in another order."""
-    if transposed is None:
-        return ops.matmul(x, matrix)
-
-    @ops.custom_gradient
-    def product(x, matrix):
-        def gradient(*args, upstream=None):
-            upstream = args[0] if upstream is None else upstream
-            return ops.matmul(upstream, transposed), ops.matmul(ops.transpose(x), upstream)
-
-        return ops.matmul(x, matrix), gradient
-
-    return product(x, matrix)
-
-
-def _lstm_output(cell, gates, c):
-    """keras.layers.LSTMCell's update from its gates (B, 4 units) (input, forget, cell,
-    output; the bias added) and the previous c -> the new h, c."""
-    i, f, g, o = ops.split(gates, 4, axis=-1)
-    c = cell.recurrent_activation(f) * c + cell.recurrent_activation(i) * cell.activation(g)
-    return cell.recurrent_activation(o) * cell.activation(c), c
