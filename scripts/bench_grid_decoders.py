@@ -8,9 +8,10 @@ the Transformer from [transformer]'s defaults) over Lite1's 8 x 8 grid of 1,280 
 LSTM: their mean) and Flickr8k's 2,535 words, compiled as `captioner train` compiles it, and
 timed on the same random batch of 64 captions of 16 words (the length of a typical bucket):
 the median of --steps train steps after two that compile and warm up. Where a decoder's code
-has a first-written path (`first_written`: Up-Down's products inside its loop, the attention
-einsum), that model is built from the same seed and timed in turns with the current one, step
-for step, and their first losses are compared (the same arithmetic: equal to float rounding).
+has a first-written path (`first_written`: Keras' own LSTM loop in the LSTM and attention
+decoders, Up-Down's products inside its loop, the attention einsum), that model is built from
+the same seed and timed in turns with the current one, step for step, and their first losses
+are compared (the same arithmetic: equal to float rounding).
 
 Printed per decoder and precision: the weights; the work per batch counted from the layer
 sizes (multiply-adds x 2, the backward pass counted as twice the forward); the milliseconds per
@@ -22,8 +23,19 @@ Then the share of each grid decoder's work that normalizes and projects the cell
 on the photo only (a batch holding several captions of a photo could do it once for them), and
 each decoder's milliseconds now as a ratio to the attention decoder's.
 
+--shared-photos N measures that sharing: the batch's 64 captions hold N photos, each photo's
+captions next to each other (as a pipeline that shuffled photos and kept their captions
+together inside each length bucket would give them: 44 of 64 on Flickr8k's train split,
+simulated, issue 32), and a third model, the current one with its cells' projection replaced
+by a photo-shared one (`use_photo_shared_projection`: in training, each run of equal rows
+projected once and handed to all of them; the same arithmetic), is timed in turns with the
+others. Not in the package: it
+measured too little to carry (docs/performance.md, "The grid decoders' train step").
+
     python scripts/bench_grid_decoders.py                     # everything: a few minutes
     python scripts/bench_grid_decoders.py --steps 5 --only updown --precision float32
+    python scripts/bench_grid_decoders.py --only attention updown transformer \
+        --precision float32 --shared-photos 44
 """
 
 from __future__ import annotations
@@ -96,6 +108,36 @@ def as_first_written(model) -> bool:
     return bool(layers)
 
 
+def use_photo_shared_projection(model) -> None:
+    """Makes the grid decoder's "region_projection" (a Dense, before compiling or the first
+    call) project each run of equal consecutive rows of a training batch once: the same
+    weights, and the same dropout draws as its twin built from the same seed."""
+    from keras import layers
+
+    class PhotoSharedDense(layers.Dense):
+        def call(self, inputs, training=None):
+            if not training:
+                return super().call(inputs)
+            import tensorflow as tf
+
+            flat = tf.reshape(inputs, [tf.shape(inputs)[0], -1])
+            repeats = tf.reduce_all(tf.equal(flat[1:], flat[:-1]), axis=1)
+            first = tf.concat([tf.ones([1], tf.bool), tf.logical_not(repeats)], 0)
+            owner = tf.cumsum(tf.cast(first, tf.int32)) - 1  # each row's run
+            return tf.gather(super().call(tf.boolean_mask(inputs, first)), owner)
+
+    model.get_layer("region_projection").__class__ = PhotoSharedDense
+
+
+def photo_batch(rng, photos: int, cells: int):
+    """BATCH captions' features (their photos' runs of equal rows) and words."""
+    import numpy as np
+
+    grids = rng.random((photos, max(cells, 1) * CHANNELS), np.float32)
+    rows = np.sort(np.concatenate([np.arange(photos), rng.integers(0, photos, BATCH - photos)]))
+    return [grids[rows], rng.integers(4, VOCABULARY, (BATCH, WORDS), dtype=np.int32)]
+
+
 def matmul_rate(seconds: float, dtype: str = "float32", size: int = 2048) -> float:
     """FLOP/s of size x size matrix products through TensorFlow in this process: the best of
     bursts of 5 products over `seconds` (on a shared machine, the least disturbed one)."""
@@ -114,9 +156,10 @@ def matmul_rate(seconds: float, dtype: str = "float32", size: int = 2048) -> flo
     return best
 
 
-def time_decoder(name: str, precision: str, steps: int) -> dict:
-    """Builds the decoder (and its first-written twin, if it has one) under `precision`, and
-    times their train steps in turns on the same batch."""
+def time_decoder(name: str, precision: str, steps: int, shared_photos: int = 0) -> dict:
+    """Builds the decoder (and its first-written twin, if it has one; with `shared_photos`,
+    its photo-shared twin) under `precision`, and times their train steps in turns on the same
+    batch (of `shared_photos` photos, if given)."""
     import keras
     import numpy as np
 
@@ -128,17 +171,20 @@ def time_decoder(name: str, precision: str, steps: int) -> dict:
     keras.mixed_precision.set_global_policy(precision)
     try:
         models = {}
-        for variant in ("now", "first"):
-            keras.utils.set_random_seed(0)  # the same weights and dropout draws for both
+        for variant in ("now", "first", "shared"):
+            if variant == "shared" and not (shared_photos and cells):
+                continue
+            keras.utils.set_random_seed(0)  # the same weights and dropout draws for all
             model = build_decoder(config.model, VOCABULARY, max(cells, 1) * CHANNELS, cells,
                                   updown=config.updown, transformer=config.transformer)  # fmt: skip
             if variant == "first" and not as_first_written(model):
-                break
+                continue
+            if variant == "shared":
+                use_photo_shared_projection(model)
             compile_decoder(model, config.train)
             models[variant] = model
         rng = np.random.default_rng(0)
-        batch = [rng.random((BATCH, max(cells, 1) * CHANNELS), np.float32),
-                 rng.integers(4, VOCABULARY, (BATCH, WORDS), dtype=np.int32)]  # fmt: skip
+        batch = photo_batch(rng, shared_photos or BATCH, cells)
         first_loss = {v: float(m.train_on_batch(batch, batch[1])[0]) for v, m in models.items()}
         for model in models.values():
             model.train_on_batch(batch, batch[1])  # warm
@@ -161,6 +207,8 @@ def time_decoder(name: str, precision: str, steps: int) -> dict:
     if "first" in models:
         result["flops_first"] = training_flops(name, config, first_written=True)
         result["loss_difference"] = abs(first_loss["now"] - first_loss["first"])
+    if "shared" in models:
+        result["shared_loss_difference"] = abs(first_loss["now"] - first_loss["shared"])
     return result
 
 
@@ -182,11 +230,16 @@ def main():
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--matmul-seconds", type=float, default=3.0)
+    parser.add_argument("--shared-photos", type=int, default=0, metavar="N",
+                        help=f"the batch holds N photos (1..{BATCH}); time the photo-shared "
+                             "projection too")  # fmt: skip
     args = parser.parse_args()
+    if not 0 <= args.shared_photos <= BATCH:
+        parser.error(f"--shared-photos: 1 to {BATCH}")
 
     print(f"CPU: {cpu_name()}; load average {os.getloadavg()[0]:.2f} at the start")
     rates = [matmul_rate(args.matmul_seconds)]
-    results = {(name, precision): time_decoder(name, precision, args.steps)
+    results = {(name, precision): time_decoder(name, precision, args.steps, args.shared_photos)
                for precision in args.precision for name in args.only}  # fmt: skip
     rates.append(matmul_rate(args.matmul_seconds))
     bf16_rate = matmul_rate(args.matmul_seconds, "bfloat16")
@@ -225,6 +278,16 @@ def main():
     )
     if shares:
         print(f"the cells' normalization and projection, per caption: {shares} of the GFLOP/step")
+    if args.shared_photos:
+        print(f"\n{BATCH} captions of {args.shared_photos} photos, the cells projected once a "
+              "photo (photo-shared) against once a caption (now):")  # fmt: skip
+    for (name, precision), r in results.items():
+        if "shared" in r["ms"]:
+            ms, cpu = r["ms"], r["cpu_ms"]
+            print(f"  {name} {precision}: {ms['now']:.0f} -> {ms['shared']:.0f} ms "
+                  f"({ms['shared'] / ms['now']:.2f}x), CPU {cpu['now']:.0f} -> "
+                  f"{cpu['shared']:.0f} ms ({cpu['shared'] / cpu['now']:.2f}x); first loss "
+                  f"difference {r['shared_loss_difference']:.1e}")  # fmt: skip
     for precision in args.precision:  # as docs/results.md compares the decoders' cost
         now = {name: r["ms"]["now"] for (name, p), r in results.items() if p == precision}
         if "attention" in now:
