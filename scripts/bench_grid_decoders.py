@@ -36,6 +36,8 @@ measured too little to carry (docs/performance.md, "The grid decoders' train ste
     python scripts/bench_grid_decoders.py --steps 5 --only updown --precision float32
     python scripts/bench_grid_decoders.py --only attention updown transformer \
         --precision float32 --shared-photos 44
+    python scripts/bench_grid_decoders.py --only attention transformer --precision float32 \
+        --set train.jit_compile=true                            # XLA
 """
 
 from __future__ import annotations
@@ -156,17 +158,20 @@ def matmul_rate(seconds: float, dtype: str = "float32", size: int = 2048) -> flo
     return best
 
 
-def time_decoder(name: str, precision: str, steps: int, shared_photos: int = 0) -> dict:
+def time_decoder(name: str, precision: str, steps: int, shared_photos: int = 0,
+                 settings: tuple[str, ...] = ()) -> dict:  # fmt: skip
     """Builds the decoder (and its first-written twin, if it has one; with `shared_photos`,
     its photo-shared twin) under `precision`, and times their train steps in turns on the same
-    batch (of `shared_photos` photos, if given)."""
+    batch (of `shared_photos` photos, if given). settings: more SECTION.KEY=VALUE overrides of
+    the recipe's config (`--set`)."""
     import keras
     import numpy as np
 
     from captioner.model.decoder import build_decoder
     from captioner.training.train import compile_decoder
 
-    config = load_config(*CONFIGS[name])
+    path, overrides = CONFIGS[name]
+    config = load_config(path, (*overrides, *settings))
     cells = 0 if name == "lstm" else CELLS
     keras.mixed_precision.set_global_policy(precision)
     try:
@@ -174,6 +179,8 @@ def time_decoder(name: str, precision: str, steps: int, shared_photos: int = 0) 
         for variant in ("now", "first", "shared"):
             if variant == "shared" and not (shared_photos and cells):
                 continue
+            if variant == "first" and config.train.jit_compile:
+                continue  # Up-Down's loop as first written (Keras' scan) does not compile
             keras.utils.set_random_seed(0)  # the same weights and dropout draws for all
             model = build_decoder(config.model, VOCABULARY, max(cells, 1) * CHANNELS, cells,
                                   updown=config.updown, transformer=config.transformer)  # fmt: skip
@@ -233,13 +240,16 @@ def main():
     parser.add_argument("--shared-photos", type=int, default=0, metavar="N",
                         help=f"the batch holds N photos (1..{BATCH}); time the photo-shared "
                              "projection too")  # fmt: skip
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a setting for every recipe (train.jit_compile=true)")  # fmt: skip
     args = parser.parse_args()
     if not 0 <= args.shared_photos <= BATCH:
         parser.error(f"--shared-photos: 1 to {BATCH}")
 
     print(f"CPU: {cpu_name()}; load average {os.getloadavg()[0]:.2f} at the start")
     rates = [matmul_rate(args.matmul_seconds)]
-    results = {(name, precision): time_decoder(name, precision, args.steps, args.shared_photos)
+    results = {(name, precision): time_decoder(name, precision, args.steps, args.shared_photos,
+                                               tuple(args.set))
                for precision in args.precision for name in args.only}  # fmt: skip
     rates.append(matmul_rate(args.matmul_seconds))
     bf16_rate = matmul_rate(args.matmul_seconds, "bfloat16")

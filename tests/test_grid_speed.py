@@ -15,14 +15,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from captioner.config import ModelConfig, TrainConfig, UpDownConfig
+from captioner.config import ModelConfig, TrainConfig, TransformerConfig, UpDownConfig
 
 VOCABULARY, CELLS, CHANNELS, WORDS = 40, 6, 5, 7
 
 
 def grid_decoder(decoder: str, seed: int = 0, first_written: bool = False, dropout=0.0):
-    """A small decoder (cells 16 wide, LSTMs of 24 and 20 units), weights from `seed`; "lstm"
-    reads the features as one pooled vector."""
+    """A small decoder (cells 16 wide, LSTMs of 24 and 20 units, a Transformer of 2 blocks 16
+    wide), weights from `seed`; "lstm" reads the features as one pooled vector."""
     import keras
 
     from captioner.model.decoder import build_decoder
@@ -31,7 +31,8 @@ def grid_decoder(decoder: str, seed: int = 0, first_written: bool = False, dropo
     config = ModelConfig(12, 16, dropout, True, decoder, attention_dim=8)
     cells = 0 if decoder == "lstm" else CELLS
     model = build_decoder(config, VOCABULARY, CELLS * CHANNELS, cells,
-                          updown=UpDownConfig(attention_units=24, language_units=20))  # fmt: skip
+                          updown=UpDownConfig(attention_units=24, language_units=20),
+                          transformer=TransformerConfig(16, 2, 2, 32, dropout, 10))  # fmt: skip
     for layer in model.layers:
         if hasattr(layer, "first_written"):
             layer.first_written = first_written
@@ -191,13 +192,29 @@ def test_lstm_decoders_load_and_compute_as_runs_trained_with_keras_lstm(decoder,
     np.testing.assert_allclose(again([features, words]).numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("decoder", ["lstm", "attention", "updown", "transformer"])
+def test_every_decoder_trains_under_xla(decoder):
+    """train.jit_compile=true compiles the whole train step, loops and their gradients
+    included (Keras' own scan leaves the loop without the most iterations XLA needs), and
+    computes the loss the step without XLA computes."""
+    from captioner.training.train import compile_decoder
+
+    features, words = batch(4)
+    losses = []
+    for jit_compile in (False, True):
+        model = grid_decoder(decoder)
+        compile_decoder(model, TrainConfig(jit_compile=jit_compile))
+        assert model.jit_compile == jit_compile  # Keras turns it off for layers it knows fail
+        losses.append(float(model.train_on_batch([features, words], words)[0]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
 @pytest.mark.parametrize("decoder", ["updown", "transformer"])
 def test_decoding_projects_each_photo_once_not_at_every_word(decoder):
     """The cells' projection, Up-Down's keys and the photo's gates, the Transformer's keys and
     values of the cells: computed when the search starts, carried in the state after."""
     import tensorflow as tf
 
-    from captioner.config import TransformerConfig
     from captioner.model.decoder import DecoderSteps, build_decoder
 
     config = ModelConfig(8, 16, 0.0, False, decoder, attention_dim=8)

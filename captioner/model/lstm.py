@@ -46,12 +46,21 @@ class CaptionLSTM(layers.LSTM):
 
         def one_word(state, x):
             h, c = state
-            h, c = lstm_output(cell, x + product_with_transpose(h, *weights), c)
-            # Keras' scan on TensorFlow collects outputs shaped like the state.
-            return [h, c], [h, c]
+            return list(lstm_output(cell, x + product_with_transpose(h, *weights), c))
 
-        (h, c), (hs, _) = ops.scan(one_word, list(initial_state), ops.transpose(xs, (1, 0, 2)))
+        hs, cs = scan_words(one_word, list(initial_state), ops.transpose(xs, (1, 0, 2)))
+        h, c = hs[-1], cs[-1]
         return h, ops.transpose(hs, (1, 0, 2)), [h, c]
+
+
+def scan_words(one_word, state, xs):
+    """one_word(state, x) -> the new state, over xs (T, ...) from `state`: every word's state,
+    stacked (T, ...) each. tf.scan, not keras.ops.scan: its loop has the caption's length as
+    its most iterations, which XLA (`train.jit_compile`) needs to compile the loop's gradient;
+    Keras' scan on TensorFlow leaves it unset."""
+    import tensorflow as tf
+
+    return tf.scan(one_word, xs, initializer=state)
 
 
 def product_with_transpose(x, matrix, transposed=None):

@@ -40,7 +40,7 @@ import keras
 from keras import layers, ops
 
 from captioner.model.attention import RegionAttention
-from captioner.model.lstm import lstm_output, product_with_transpose
+from captioner.model.lstm import lstm_output, product_with_transpose, scan_words
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -168,20 +168,22 @@ class UpDownCore(layers.Layer):
             weights = self.loop_weights(width, kernel_rows, transposed=True)
 
             def one_word(state, x):
-                _, state, _ = self.recur(x, state, keys, regions, weights)
-                # Keras' scan on TensorFlow collects outputs shaped like the state: all of it,
-                # of which h_language (the third) is the output.
-                return state, state
-        else:
-            xs, mean_region = words, ops.mean(regions, axis=1)
+                return self.recur(x, state, keys, regions, weights)[1]
 
-            def one_word(state, x):
-                _, state, _ = self.step_as_first_written(x, state, keys, regions, mean_region)
-                return state, state
+            # Every word's state, of which h_language (the third) is the output.
+            xs = ops.transpose(xs, (1, 0, 2))  # time first: scan runs over the first axis
+            states = scan_words(one_word, self.initial_state(regions), xs)
+            return ops.transpose(states[2], (1, 0, 2))  # (T, B, U) -> (B, T, U)
+        xs, mean_region = words, ops.mean(regions, axis=1)
 
-        xs = ops.transpose(xs, (1, 0, 2))  # time first: scan runs over the first axis
-        _, states = ops.scan(one_word, self.initial_state(regions), xs)
-        return ops.transpose(states[2], (1, 0, 2))  # (T, B, U) -> (B, T, U)
+        def one_word_as_first_written(state, x):
+            _, state, _ = self.step_as_first_written(x, state, keys, regions, mean_region)
+            # Keras' scan on TensorFlow collects outputs shaped like the state.
+            return state, state
+
+        xs = ops.transpose(xs, (1, 0, 2))
+        _, states = ops.scan(one_word_as_first_written, self.initial_state(regions), xs)
+        return ops.transpose(states[2], (1, 0, 2))
 
     def compute_output_shape(self, input_shape):
         words_shape = input_shape[0]
