@@ -9,7 +9,7 @@ input product (plus the bias) in one product before the loop, and multiplies by 
 kernel inside it through `product_with_transpose`, whose gradient uses a transpose made once:
 the same sums as the cell's, in another order (float rounding). Its weights are the LSTM's
 (the same cell, names, shapes and order): runs trained before load and caption as they did, and
-decoding steps the same cell word by word. Up-Down's two LSTMs use the same two functions.
+decoding steps the same cell word by word. Up-Down's two LSTMs use the same functions.
 `first_written=True` runs Keras' loop, to compare against (tests/test_grid_speed.py,
 scripts/bench_grid_decoders.py).
 
