@@ -29,8 +29,8 @@ together inside each length bucket would give them: 44 of 64 on Flickr8k's train
 simulated, issue 32), and a third model, the current one with its cells' projection replaced
 by a photo-shared one (`use_photo_shared_projection`: in training, each run of equal rows
 projected once and handed to all of them; the same arithmetic), is timed in turns with the
-others. Not in the package: it
-measured too little to carry (docs/performance.md, "The grid decoders' train step").
+others. Not in the package: it measured too little to carry (docs/performance.md, "The grid
+decoders' train step").
 
     python scripts/bench_grid_decoders.py                     # everything: a few minutes
     python scripts/bench_grid_decoders.py --steps 5 --only updown --precision float32
