@@ -179,8 +179,6 @@ def time_decoder(name: str, precision: str, steps: int, shared_photos: int = 0,
         for variant in ("now", "first", "shared"):
             if variant == "shared" and not (shared_photos and cells):
                 continue
-            if variant == "first" and config.train.jit_compile:
-                continue  # Up-Down's loop as first written (Keras' scan) does not compile
             keras.utils.set_random_seed(0)  # the same weights and dropout draws for all
             model = build_decoder(config.model, VOCABULARY, max(cells, 1) * CHANNELS, cells,
                                   updown=config.updown, transformer=config.transformer)  # fmt: skip

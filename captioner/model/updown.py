@@ -169,21 +169,16 @@ class UpDownCore(layers.Layer):
 
             def one_word(state, x):
                 return self.recur(x, state, keys, regions, weights)[1]
+        else:
+            xs, mean_region = words, ops.mean(regions, axis=1)
 
-            # Every word's state, of which h_language (the third) is the output.
-            xs = ops.transpose(xs, (1, 0, 2))  # time first: scan runs over the first axis
-            states = scan_words(one_word, self.initial_state(regions), xs)
-            return ops.transpose(states[2], (1, 0, 2))  # (T, B, U) -> (B, T, U)
-        xs, mean_region = words, ops.mean(regions, axis=1)
+            def one_word(state, x):
+                return self.step_as_first_written(x, state, keys, regions, mean_region)[1]
 
-        def one_word_as_first_written(state, x):
-            _, state, _ = self.step_as_first_written(x, state, keys, regions, mean_region)
-            # Keras' scan on TensorFlow collects outputs shaped like the state.
-            return state, state
-
-        xs = ops.transpose(xs, (1, 0, 2))
-        _, states = ops.scan(one_word_as_first_written, self.initial_state(regions), xs)
-        return ops.transpose(states[2], (1, 0, 2))
+        xs = ops.transpose(xs, (1, 0, 2))  # time first: scan runs over the first axis
+        # Every word's state, of which h_language (the third) is the output.
+        states = scan_words(one_word, self.initial_state(regions), xs)
+        return ops.transpose(states[2], (1, 0, 2))  # (T, B, U) -> (B, T, U)
 
     def compute_output_shape(self, input_shape):
         words_shape = input_shape[0]
